@@ -1,0 +1,363 @@
+//! Client commands. Each builds a request, calls any node through `flowctl-client`, and prints.
+
+use crate::output::{age, print};
+use crate::{ConsistencyArg, Format, Global};
+use anyhow::Context;
+use flowctl_client::proto::admin::v1 as pb;
+use flowctl_client::proto::admin::v1::cluster_service_client::ClusterServiceClient;
+use flowctl_client::proto::admin::v1::pipeline_service_client::PipelineServiceClient;
+use flowctl_client::{parse_endpoints, Client, MAX_REPLY_BYTES};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+fn client(g: &Global) -> anyhow::Result<Client> {
+    Ok(Client::new(
+        &parse_endpoints(&g.endpoints),
+        Duration::from_secs(g.timeout),
+    )?)
+}
+
+fn pipelines(ch: Channel) -> PipelineServiceClient<Channel> {
+    PipelineServiceClient::new(ch)
+        .max_decoding_message_size(MAX_REPLY_BYTES)
+        .max_encoding_message_size(MAX_REPLY_BYTES)
+}
+
+fn clusters(ch: Channel) -> ClusterServiceClient<Channel> {
+    ClusterServiceClient::new(ch).max_decoding_message_size(MAX_REPLY_BYTES)
+}
+
+fn consistency(g: &Global) -> i32 {
+    match g.consistency {
+        ConsistencyArg::Linearizable => pb::Consistency::Linearizable as i32,
+        ConsistencyArg::Stale => pb::Consistency::Stale as i32,
+    }
+}
+
+/// A status as one line: the server's message says what and where.
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    let msg = s.message().replace('\n', " ");
+    match s.code() {
+        tonic::Code::Unavailable => anyhow::anyhow!("cluster unavailable: {msg}"),
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            anyhow::anyhow!("request rejected: {msg}")
+        }
+        _ => anyhow::anyhow!("{msg}"),
+    }
+}
+
+fn ts_ms(t: &Option<prost_types::Timestamp>) -> u64 {
+    t.as_ref()
+        .map(|t| t.seconds as u64 * 1000 + t.nanos as u64 / 1_000_000)
+        .unwrap_or(0)
+}
+
+fn rfc3339(ms: u64) -> String {
+    // A dependency-free UTC formatter (civil-from-days, Howard Hinnant's algorithm).
+    let secs = (ms / 1000) as i64;
+    let days = secs.div_euclid(86400);
+    let tod = secs.rem_euclid(86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        tod / 3600,
+        tod % 3600 / 60,
+        tod % 60
+    )
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn pipeline_json(p: &pb::Pipeline) -> Value {
+    json!({
+        "name": p.name,
+        "id": p.id,
+        "generation": p.generation,
+        "revision": p.revision,
+        "created_at": rfc3339(ts_ms(&p.created_at)),
+        "updated_at": rfc3339(ts_ms(&p.updated_at)),
+        "spec_yaml": p.spec_yaml,
+    })
+}
+
+fn pipeline_rows(ps: &[pb::Pipeline], wide: bool) -> Vec<Vec<String>> {
+    let now = now_ms();
+    let mut rows = vec![if wide {
+        vec!["NAME", "ID", "GENERATION", "REVISION", "CREATED", "UPDATED"]
+    } else {
+        vec!["NAME", "ID", "GENERATION", "AGE"]
+    }
+    .into_iter()
+    .map(String::from)
+    .collect()];
+    for p in ps {
+        let created = ts_ms(&p.created_at);
+        rows.push(if wide {
+            vec![
+                p.name.clone(),
+                p.id.clone(),
+                p.generation.to_string(),
+                p.revision.to_string(),
+                rfc3339(created),
+                rfc3339(ts_ms(&p.updated_at)),
+            ]
+        } else {
+            vec![
+                p.name.clone(),
+                p.id.clone(),
+                p.generation.to_string(),
+                age(created, now),
+            ]
+        });
+    }
+    rows
+}
+
+fn note_stale(g: &Global, meta: &Option<pb::ReadMeta>) {
+    if g.consistency == ConsistencyArg::Stale {
+        if let Some(m) = meta {
+            eprintln!(
+                "stale read from node {}: applied index {}, last known commit index {}",
+                m.node_id, m.applied_index, m.known_commit_index
+            );
+        }
+    }
+}
+
+pub async fn apply(g: &Global, file: &str) -> anyhow::Result<()> {
+    let yaml = if file == "-" {
+        std::io::read_to_string(std::io::stdin()).context("while reading standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
+    };
+    // Check locally first: the same rules the server applies, without a round trip.
+    flowctl_spec::parse_pipeline(file, &yaml)?;
+    let c = client(g)?;
+    let req = pb::ApplyPipelineRequest {
+        yaml,
+        file_name: file.to_owned(),
+    };
+    let resp = c
+        .call(|ch| {
+            let req = req.clone();
+            async move { pipelines(ch).apply_pipeline(req).await }
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let p = resp.pipeline.unwrap_or_default();
+    let result = match pb::ApplyResult::try_from(resp.result) {
+        Ok(pb::ApplyResult::Created) => "created",
+        Ok(pb::ApplyResult::Configured) => "configured",
+        Ok(pb::ApplyResult::Unchanged) => "unchanged",
+        _ => "applied",
+    };
+    match g.output {
+        Format::Table | Format::Wide => println!(
+            "pipeline/{} {result} (id {}, generation {})",
+            p.name, p.id, p.generation
+        ),
+        f => {
+            let mut v = pipeline_json(&p);
+            v["result"] = json!(result);
+            v["applied_index"] = json!(resp.applied_index);
+            print(f, &v, |_| vec![])?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn get_pipelines(g: &Global) -> anyhow::Result<()> {
+    let c = client(g)?;
+    let req = pb::ListPipelinesRequest {
+        consistency: consistency(g),
+    };
+    let resp = c
+        .call(|ch| async move { pipelines(ch).list_pipelines(req).await })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    note_stale(g, &resp.meta);
+    let v = Value::Array(resp.pipelines.iter().map(pipeline_json).collect());
+    print(g.output, &v, |wide| pipeline_rows(&resp.pipelines, wide))
+}
+
+pub async fn get_pipeline(g: &Global, name: &str) -> anyhow::Result<()> {
+    let c = client(g)?;
+    let req = pb::GetPipelineRequest {
+        name: name.to_owned(),
+        consistency: consistency(g),
+    };
+    let resp = c
+        .call(|ch| {
+            let req = req.clone();
+            async move { pipelines(ch).get_pipeline(req).await }
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    note_stale(g, &resp.meta);
+    let p = resp.pipeline.unwrap_or_default();
+    print(g.output, &pipeline_json(&p), |wide| {
+        pipeline_rows(std::slice::from_ref(&p), wide)
+    })
+}
+
+pub async fn delete_pipeline(g: &Global, name: &str) -> anyhow::Result<()> {
+    let c = client(g)?;
+    let req = pb::DeletePipelineRequest {
+        name: name.to_owned(),
+    };
+    c.call(|ch| {
+        let req = req.clone();
+        async move { pipelines(ch).delete_pipeline(req).await }
+    })
+    .await
+    .map_err(status_err)?;
+    println!("pipeline/{name} deleted");
+    Ok(())
+}
+
+fn role_name(r: i32) -> &'static str {
+    match pb::MemberRole::try_from(r) {
+        Ok(pb::MemberRole::Leader) => "leader",
+        Ok(pb::MemberRole::Follower) => "follower",
+        Ok(pb::MemberRole::Learner) => "learner",
+        Ok(pb::MemberRole::Candidate) => "candidate",
+        Ok(pb::MemberRole::Unreachable) => "unreachable",
+        _ => "unknown",
+    }
+}
+
+fn member_json(m: &pb::Member) -> Value {
+    json!({
+        "id": m.id,
+        "addr": m.addr,
+        "role": role_name(m.role),
+        "voter": m.voter,
+        "term": m.term,
+        "leader_id": m.leader_id,
+        "commit_index": m.commit_index,
+        "applied_index": m.applied_index,
+        "last_log_index": m.last_log_index,
+    })
+}
+
+fn member_rows(ms: &[pb::Member], wide: bool) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![
+        "ID", "ADDRESS", "ROLE", "VOTER", "TERM", "LEADER", "COMMIT", "APPLIED",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>()];
+    if wide {
+        rows[0].push("LAST LOG".into());
+    }
+    for m in ms {
+        let reachable = m.role != pb::MemberRole::Unreachable as i32;
+        let num = |v: u64| if reachable { v.to_string() } else { "-".into() };
+        let mut r = vec![
+            m.id.to_string(),
+            m.addr.clone(),
+            role_name(m.role).into(),
+            if m.voter { "yes" } else { "no" }.into(),
+            num(m.term),
+            num(m.leader_id),
+            num(m.commit_index),
+            num(m.applied_index),
+        ];
+        if wide {
+            r.push(num(m.last_log_index));
+        }
+        rows.push(r);
+    }
+    rows
+}
+
+pub async fn cluster_status(g: &Global) -> anyhow::Result<()> {
+    let c = client(g)?;
+    let resp = c
+        .call(|ch| async move { clusters(ch).status(pb::ClusterStatusRequest {}).await })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let v = json!({
+        "cluster_id": resp.cluster_id,
+        "leader_id": resp.leader_id,
+        "term": resp.term,
+        "served_by": resp.served_by,
+        "members": resp.members.iter().map(member_json).collect::<Vec<_>>(),
+    });
+    if matches!(g.output, Format::Table | Format::Wide) {
+        println!(
+            "cluster {}  leader {}  term {}",
+            resp.cluster_id, resp.leader_id, resp.term
+        );
+    }
+    print(g.output, &v, |wide| member_rows(&resp.members, wide))
+}
+
+pub async fn cluster_members(g: &Global) -> anyhow::Result<()> {
+    let c = client(g)?;
+    let resp = c
+        .call(|ch| async move { clusters(ch).members(pb::ClusterMembersRequest {}).await })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let v = Value::Array(resp.members.iter().map(member_json).collect());
+    print(g.output, &v, |wide| member_rows(&resp.members, wide))
+}
+
+pub async fn cluster_remove(g: &Global, node_id: u64) -> anyhow::Result<()> {
+    let c = client(g)?;
+    c.call(|ch| async move {
+        clusters(ch)
+            .remove_member(pb::RemoveMemberRequest { node_id })
+            .await
+    })
+    .await
+    .map_err(status_err)?;
+    println!("node {node_id} removed");
+    Ok(())
+}
+
+pub async fn cluster_transfer(g: &Global, node_id: u64) -> anyhow::Result<()> {
+    let c = client(g)?;
+    let resp = c
+        .call(|ch| async move {
+            clusters(ch)
+                .transfer_leader(pb::TransferLeaderRequest { node_id })
+                .await
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    println!("leader is now node {}", resp.leader_id);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_format_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000_000), "2023-11-14T22:13:20Z");
+    }
+}

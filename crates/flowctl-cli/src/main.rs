@@ -1,0 +1,156 @@
+//! The `flowctl` command-line tool. `flowctl server` runs a node; every other command is a
+//! client of any node of a cluster.
+
+mod commands;
+mod output;
+mod server_cmd;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flowctl",
+    version,
+    about = "Control plane for streaming data pipelines"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Global {
+    /// Comma-separated control-plane endpoints; the next one is tried when one is down.
+    #[arg(long, global = true, env = "FLOWCTL_ENDPOINTS", default_value = flowctl_client::DEFAULT_ENDPOINT)]
+    pub endpoints: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Read consistency: `linearizable` (default) or `stale` (the serving node's local state).
+    #[arg(long, global = true, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    pub consistency: ConsistencyArg,
+    /// Give up after this many seconds (including retries and failover).
+    #[arg(long, global = true, default_value_t = 15)]
+    pub timeout: u64,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConsistencyArg {
+    Linearizable,
+    Stale,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a control-plane node.
+    Server(server_cmd::ServerArgs),
+    /// Store a pipeline document (create or update).
+    Apply {
+        /// The YAML file ("-" reads standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// Show resources.
+    Get {
+        #[command(subcommand)]
+        what: GetWhat,
+    },
+    /// Delete a resource.
+    Delete {
+        #[command(subcommand)]
+        what: DeleteWhat,
+    },
+    /// Cluster administration.
+    Cluster {
+        #[command(subcommand)]
+        what: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GetWhat {
+    /// All pipelines.
+    #[command(alias = "pipeline-list")]
+    Pipelines,
+    /// One pipeline by name.
+    Pipeline { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeleteWhat {
+    /// One pipeline by name.
+    Pipeline { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Every member's id, address, role, term, leader, commit and applied index.
+    Status,
+    /// The members and their roles.
+    Members,
+    /// Demote and remove a member. Its id can never rejoin.
+    Remove { node_id: u64 },
+    /// Hand leadership to a member.
+    TransferLeader { node_id: u64 },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => server_cmd::run(args).await,
+            Command::Apply { file } => commands::apply(&cli.global, &file).await,
+            Command::Get {
+                what: GetWhat::Pipelines,
+            } => commands::get_pipelines(&cli.global).await,
+            Command::Get {
+                what: GetWhat::Pipeline { name },
+            } => commands::get_pipeline(&cli.global, &name).await,
+            Command::Delete {
+                what: DeleteWhat::Pipeline { name },
+            } => commands::delete_pipeline(&cli.global, &name).await,
+            Command::Cluster { what } => match what {
+                ClusterCmd::Status => commands::cluster_status(&cli.global).await,
+                ClusterCmd::Members => commands::cluster_members(&cli.global).await,
+                ClusterCmd::Remove { node_id } => {
+                    commands::cluster_remove(&cli.global, node_id).await
+                }
+                ClusterCmd::TransferLeader { node_id } => {
+                    commands::cluster_transfer(&cli.global, node_id).await
+                }
+            },
+        }
+    });
+    // The runtime may hold lazily connecting channels; do not wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined with ": ".
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

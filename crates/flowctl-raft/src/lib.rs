@@ -1,0 +1,728 @@
+//! The Raft layer of a flowctl node: openraft's configuration, the gRPC network, the internal
+//! service, and [`RaftNode`], the handle the server uses to propose, read and manage members.
+//!
+//! It is not the public API: handlers in `flowctl-server` validate requests and call
+//! [`RaftNode::propose`], [`RaftNode::read_linearizable`] or [`RaftNode::read_stale`].
+//!
+//! Write path (follower):
+//! ```text
+//! client ─▶ follower.propose ──Forward(hops=1)──▶ leader.client_write ─▶ commit+apply
+//!        ◀──────────────── outcome + log index ◀──────────────────────────┘
+//! ```
+//! If the leader moved, the forwarding node retries once on the new leader; the client sees
+//! `NotLeader` (with a hint) only if that fails too.
+//!
+//! Linearizable read (follower):
+//! ```text
+//! follower ──ReadIndex──▶ leader: confirm leadership with a quorum, return commit index
+//! follower: wait until applied ≥ read index, then read the local state machine
+//! ```
+
+mod network;
+mod peers;
+mod service;
+
+pub use peers::{Peers, MAX_INTERNAL_MESSAGE_BYTES};
+pub use service::InternalService;
+
+use flowctl_proto::internal::v1 as pb;
+use flowctl_state::{codec, Command, NodeId, Outcome, State};
+use flowctl_store::{LogStore, Raft, StateMachineStore, StateReader};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a write or read may wait for Raft before the caller gets `Unavailable`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The forwarding hop limit: a follower forwards to the leader, and the leader never forwards.
+pub const MAX_FORWARD_HOPS: u32 = 1;
+
+/// Timing and snapshot settings.
+#[derive(Debug, Clone)]
+pub struct RaftOptions {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and purge the log behind it) every this many applied entries.
+    pub snapshot_threshold: u64,
+    /// Entries kept in the log behind the latest snapshot, for slow followers.
+    pub keep_logs_after_snapshot: u64,
+    pub snapshot_chunk_bytes: u64,
+}
+
+impl Default for RaftOptions {
+    fn default() -> Self {
+        RaftOptions {
+            heartbeat_ms: 150,
+            election_timeout_min_ms: 750,
+            election_timeout_max_ms: 1500,
+            snapshot_threshold: 10_000,
+            keep_logs_after_snapshot: 1_000,
+            snapshot_chunk_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Errors of the Raft layer. Retryable kinds are kept apart from fatal ones.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("not the leader (leader: {})", leader.as_ref().map(|(id, a)| format!("{id} at {a}")).unwrap_or_else(|| "unknown".into()))]
+    NotLeader { leader: Option<(u64, String)> },
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+/// A committed and applied write.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub outcome: Outcome,
+    pub log_index: u64,
+}
+
+/// How a read was served.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadMeta {
+    pub node_id: u64,
+    pub linearizable: bool,
+    pub applied_index: u64,
+    pub known_commit_index: u64,
+}
+
+/// This node's view of Raft, for status and metrics.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub node_id: u64,
+    pub addr: String,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+    pub voters: BTreeSet<u64>,
+    pub nodes: BTreeMap<u64, String>,
+}
+
+/// The handle on this node's Raft. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftNode {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: u64,
+    addr: String,
+    raft: Raft,
+    reader: StateReader,
+    committed: Arc<AtomicU64>,
+    peers: Peers,
+    options: RaftOptions,
+    /// Set while this node hands leadership away: new proposals wait for the new leader.
+    transferring: AtomicBool,
+}
+
+impl RaftNode {
+    /// Starts openraft on the given storage. The node serves nothing until its
+    /// [`InternalService`] is mounted on a gRPC server.
+    pub async fn start(
+        id: u64,
+        addr: String,
+        log: LogStore,
+        sm: StateMachineStore,
+        options: RaftOptions,
+    ) -> Result<Self, Error> {
+        let config = Config {
+            cluster_name: "flowctl".into(),
+            heartbeat_interval: options.heartbeat_ms,
+            election_timeout_min: options.election_timeout_min_ms,
+            election_timeout_max: options.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_threshold),
+            max_in_snapshot_log_to_keep: options.keep_logs_after_snapshot,
+            snapshot_max_chunk_size: options.snapshot_chunk_bytes,
+            install_snapshot_timeout: 10_000,
+            max_payload_entries: 1000,
+            ..Default::default()
+        };
+        let config = Arc::new(
+            config
+                .validate()
+                .map_err(|e| Error::Invalid(e.to_string()))?,
+        );
+        let peers = Peers::default();
+        let reader = sm.reader();
+        let committed = log.committed_index();
+        let net = network::NetworkFactory {
+            peers: peers.clone(),
+        };
+        let raft = Raft::new(id, config, net, log, sm)
+            .await
+            .map_err(|e| Error::Fatal(e.to_string()))?;
+        Ok(RaftNode {
+            inner: Arc::new(Inner {
+                id,
+                addr,
+                raft,
+                reader,
+                committed,
+                peers,
+                options,
+                transferring: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub fn peers(&self) -> &Peers {
+        &self.inner.peers
+    }
+
+    pub fn options(&self) -> &RaftOptions {
+        &self.inner.options
+    }
+
+    /// True once this node has a vote or log: it belongs to a cluster.
+    pub async fn is_initialized(&self) -> Result<bool, Error> {
+        self.inner
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Fatal(e.to_string()))
+    }
+
+    /// Makes this node a one-member cluster. Only for an empty data dir.
+    pub async fn initialize_single(&self) -> Result<(), Error> {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            self.inner.id,
+            BasicNode {
+                addr: self.inner.addr.clone(),
+            },
+        );
+        self.inner
+            .raft
+            .initialize(nodes)
+            .await
+            .map_err(|e| Error::FailedPrecondition(e.to_string()))
+    }
+
+    /// This node's current view.
+    pub fn status(&self) -> NodeStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let membership = m.membership_config.membership();
+        NodeStatus {
+            node_id: self.inner.id,
+            addr: self.inner.addr.clone(),
+            role,
+            term: m.current_term,
+            leader: m.current_leader,
+            commit_index: self.inner.committed.load(Ordering::Relaxed),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            voters: membership.voter_ids().collect(),
+            nodes: membership
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect(),
+        }
+    }
+
+    /// The leader's id and address, as this node knows them.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader().is_some_and(|(id, _)| id == self.inner.id)
+    }
+
+    /// Waits until some leader is known, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<(u64, String), Error> {
+        let deadline = Instant::now() + timeout;
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if let Some(l) = self.leader() {
+                return Ok(l);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Unavailable("no leader is known".into()));
+            }
+            let _ = tokio::time::timeout(left, rx.changed()).await;
+        }
+    }
+
+    /// Proposes `cmd` and returns once it is committed and applied. On a follower the command
+    /// is forwarded to the leader; if leadership moves meanwhile, it is retried once.
+    pub async fn propose(&self, cmd: Command) -> Result<Applied, Error> {
+        let started = Instant::now();
+        let mut last_err = None;
+        for _attempt in 0..2 {
+            match self.propose_once(&cmd).await {
+                Ok(a) => {
+                    metrics::counter!("flowctl_raft_proposals_committed_total").increment(1);
+                    metrics::histogram!("flowctl_raft_propose_to_apply_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    return Ok(a);
+                }
+                Err(e @ (Error::NotLeader { .. } | Error::Unavailable(_))) => {
+                    last_err = Some(e);
+                    // Leadership is moving: give the election a moment, then try the new leader.
+                    let _ = self.wait_for_leader(Duration::from_secs(3)).await;
+                }
+                Err(e) => {
+                    metrics::counter!("flowctl_raft_proposals_failed_total").increment(1);
+                    return Err(e);
+                }
+            }
+        }
+        metrics::counter!("flowctl_raft_proposals_failed_total").increment(1);
+        Err(last_err.unwrap_or_else(|| Error::Unavailable("no leader".into())))
+    }
+
+    async fn propose_once(&self, cmd: &Command) -> Result<Applied, Error> {
+        let (leader, addr) = self.wait_for_leader(REQUEST_TIMEOUT).await?;
+        if leader == self.inner.id {
+            return self.write_as_leader(cmd.clone()).await;
+        }
+        let bytes = codec::encode_command(cmd).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut client = self.inner.peers.client(&addr).map_err(Error::Unavailable)?;
+        let mut req = tonic::Request::new(pb::ForwardRequest {
+            command: bytes,
+            hops: 1,
+        });
+        req.set_timeout(REQUEST_TIMEOUT);
+        let resp = client
+            .forward(req)
+            .await
+            .map_err(status_to_error)?
+            .into_inner();
+        let outcome =
+            codec::decode_outcome(&resp.outcome).map_err(|e| Error::Fatal(e.to_string()))?;
+        Ok(Applied {
+            outcome,
+            log_index: resp.log_index,
+        })
+    }
+
+    /// Writes on this node, which must be the leader (a forwarded command lands here).
+    pub async fn write_as_leader(&self, cmd: Command) -> Result<Applied, Error> {
+        if self.inner.transferring.load(Ordering::Acquire) {
+            return Err(Error::Unavailable("leadership transfer in progress".into()));
+        }
+        let fut = self.inner.raft.client_write(cmd);
+        match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+            Err(_) => Err(Error::Unavailable("timed out waiting for commit".into())),
+            Ok(Ok(resp)) => Ok(Applied {
+                outcome: resp.data,
+                log_index: resp.log_id.index,
+            }),
+            Ok(Err(e)) => Err(self.write_error(e)),
+        }
+    }
+
+    fn write_error(&self, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Error {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                Error::FailedPrecondition(c.to_string())
+            }
+            RaftError::Fatal(f) => Error::Fatal(f.to_string()),
+        }
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the index a linearizable
+    /// read must wait for.
+    pub async fn read_index_as_leader(&self) -> Result<u64, Error> {
+        let fut = self.inner.raft.get_read_log_id();
+        match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+            Err(_) => Err(Error::Unavailable("timed out confirming leadership".into())),
+            Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(Error::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                Err(Error::Unavailable(q.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(Error::Fatal(f.to_string())),
+        }
+    }
+
+    async fn read_index(&self) -> Result<u64, Error> {
+        let (leader, addr) = self.wait_for_leader(REQUEST_TIMEOUT).await?;
+        if leader == self.inner.id {
+            return self.read_index_as_leader().await;
+        }
+        let mut client = self.inner.peers.client(&addr).map_err(Error::Unavailable)?;
+        let mut req = tonic::Request::new(pb::ReadIndexRequest {});
+        req.set_timeout(REQUEST_TIMEOUT);
+        let resp = client
+            .read_index(req)
+            .await
+            .map_err(status_to_error)?
+            .into_inner();
+        Ok(resp.read_index)
+    }
+
+    /// Reads the local state after it has caught up with a read index from the leader.
+    pub async fn read_linearizable<T>(
+        &self,
+        f: impl FnOnce(&State) -> T,
+    ) -> Result<(T, ReadMeta), Error> {
+        let mut index = None;
+        for _attempt in 0..2 {
+            match self.read_index().await {
+                Ok(i) => {
+                    index = Some(i);
+                    break;
+                }
+                Err(Error::NotLeader { .. } | Error::Unavailable(_)) => {
+                    let _ = self.wait_for_leader(Duration::from_secs(3)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let index = match index {
+            Some(i) => i,
+            None => self.read_index().await?,
+        };
+        self.inner
+            .raft
+            .wait(Some(REQUEST_TIMEOUT))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "local state did not catch up to index {index}: {e}"
+                ))
+            })?;
+        let (value, applied) = self.inner.reader.read(|s, applied| (f(s), applied));
+        Ok((
+            value,
+            ReadMeta {
+                node_id: self.inner.id,
+                linearizable: true,
+                applied_index: applied,
+                known_commit_index: self.inner.committed.load(Ordering::Relaxed).max(index),
+            },
+        ))
+    }
+
+    /// Reads the local state at once; the meta says how far it has applied.
+    pub fn read_stale<T>(&self, f: impl FnOnce(&State) -> T) -> (T, ReadMeta) {
+        let (value, applied) = self.inner.reader.read(|s, applied| (f(s), applied));
+        (
+            value,
+            ReadMeta {
+                node_id: self.inner.id,
+                linearizable: false,
+                applied_index: applied,
+                known_commit_index: self.inner.committed.load(Ordering::Relaxed),
+            },
+        )
+    }
+
+    /// On the leader: adds a node as a learner, waits until it has caught up, then promotes it
+    /// to voter. Joining again when already a voter changes nothing.
+    pub async fn add_member(&self, node_id: u64, addr: String) -> Result<u64, Error> {
+        let removed = self
+            .inner
+            .reader
+            .read(|s, _| s.removed_nodes.contains(&NodeId(node_id)));
+        if removed {
+            return Err(Error::FailedPrecondition(format!(
+                "node id {node_id} was removed from this cluster and cannot rejoin; start it with an empty data dir"
+            )));
+        }
+        let st = self.status();
+        if st.voters.contains(&node_id) {
+            if st.nodes.get(&node_id) != Some(&addr) {
+                tracing::warn!(
+                    node_id,
+                    addr,
+                    "join from a voter with a changed address; keeping the recorded address"
+                );
+            }
+            return Ok(st.applied_index);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let result = async {
+                self.inner
+                    .raft
+                    .add_learner(node_id, BasicNode { addr: addr.clone() }, true)
+                    .await
+                    .map_err(|e| self.write_error(e))?;
+                let mut ids = BTreeSet::new();
+                ids.insert(node_id);
+                self.inner
+                    .raft
+                    .change_membership(ChangeMembers::AddVoterIds(ids), false)
+                    .await
+                    .map_err(|e| self.write_error(e))
+            }
+            .await;
+            match result {
+                Ok(resp) => return Ok(resp.log_id.index),
+                // Another membership change is in flight (for example a concurrent join).
+                Err(Error::FailedPrecondition(msg)) if Instant::now() < deadline => {
+                    tracing::info!(node_id, %msg, "membership change busy; retrying");
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// On the leader: demotes and removes a member, and records its id as never reusable.
+    pub async fn remove_member(&self, node_id: u64) -> Result<u64, Error> {
+        let st = self.status();
+        if !st.nodes.contains_key(&node_id) {
+            return Err(Error::NotFound(format!("node {node_id} is not a member")));
+        }
+        if st.voters.contains(&node_id) {
+            if st.voters.len() == 1 {
+                return Err(Error::FailedPrecondition(
+                    "cannot remove the last voter".into(),
+                ));
+            }
+            let ids: BTreeSet<u64> = [node_id].into();
+            self.inner
+                .raft
+                .change_membership(ChangeMembers::RemoveVoters(ids), true)
+                .await
+                .map_err(|e| self.write_error(e))?;
+        }
+        let ids: BTreeSet<u64> = [node_id].into();
+        let resp = self
+            .inner
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes(ids), false)
+            .await
+            .map_err(|e| self.write_error(e))?;
+        // The leader may have removed itself; the record is then proposed through the new one.
+        let _ = self
+            .propose(Command::RecordNodeRemoved {
+                node_id: NodeId(node_id),
+            })
+            .await;
+        Ok(resp.log_id.index)
+    }
+
+    /// On the leader: hands leadership to `target` (or the most caught-up voter when `None`).
+    ///
+    /// openraft 0.9 has no leader transfer, so this follows Raft's TimeoutNow idea: the leader
+    /// pauses proposals and heartbeats and holds elections on the other voters; once the
+    /// followers' leader lease has run out, the target campaigns and wins.
+    pub async fn transfer_leadership(&self, target: Option<u64>) -> Result<u64, Error> {
+        let st = self.status();
+        if st.leader != Some(self.inner.id) {
+            return Err(Error::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        let target = match target {
+            Some(t) if t == self.inner.id => return Ok(t),
+            Some(t) if !st.voters.contains(&t) => {
+                return Err(Error::NotFound(format!("node {t} is not a voter")))
+            }
+            Some(t) => t,
+            None => match self.best_transfer_target() {
+                Some(t) => t,
+                None => {
+                    return Err(Error::FailedPrecondition(
+                        "no other voter to transfer leadership to".into(),
+                    ))
+                }
+            },
+        };
+        let addr = st.nodes.get(&target).cloned().unwrap_or_default();
+        let lease = Duration::from_millis(self.inner.options.election_timeout_max_ms);
+        self.inner.transferring.store(true, Ordering::Release);
+        let rt = self.inner.raft.runtime_config();
+        rt.heartbeat(false);
+        rt.elect(false);
+        let hold = lease * 3;
+        for (&id, a) in &st.nodes {
+            if id == target || id == self.inner.id || !st.voters.contains(&id) {
+                continue;
+            }
+            if let Ok(mut c) = self.inner.peers.client(a) {
+                let mut req = tonic::Request::new(pb::TimeoutNowRequest {
+                    from_leader: self.inner.id,
+                    term: 0,
+                });
+                req.set_timeout(Duration::from_secs(1));
+                // term 0 means "hold elections": see InternalService::timeout_now.
+                let _ = c.timeout_now(req).await;
+            }
+        }
+        let result = async {
+            let mut c = self.inner.peers.client(&addr).map_err(Error::Unavailable)?;
+            let mut req = tonic::Request::new(pb::TimeoutNowRequest {
+                from_leader: self.inner.id,
+                term: st.term,
+            });
+            req.set_timeout(Duration::from_secs(2));
+            c.timeout_now(req).await.map_err(status_to_error)?;
+            self.inner
+                .raft
+                .wait(Some(lease + hold))
+                .metrics(
+                    |m| m.current_leader.is_some_and(|l| l != self.inner.id),
+                    "leadership moved",
+                )
+                .await
+                .map_err(|e| Error::Unavailable(format!("leadership did not move: {e}")))?;
+            Ok(self.status().leader.unwrap_or(target))
+        }
+        .await;
+        rt.heartbeat(true);
+        rt.elect(true);
+        self.inner.transferring.store(false, Ordering::Release);
+        let _ = hold;
+        result
+    }
+
+    fn best_transfer_target(&self) -> Option<u64> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        let repl = m.replication.as_ref()?;
+        repl.iter()
+            .filter(|(id, _)| **id != self.inner.id && voters.contains(id))
+            .max_by_key(|(_, l)| l.map(|l| l.index))
+            .map(|(id, _)| *id)
+    }
+
+    /// Called on the target of a transfer: wait out the followers' leader lease, then campaign.
+    pub(crate) fn campaign_after_lease(&self) {
+        let node = self.clone();
+        let lease = Duration::from_millis(self.inner.options.election_timeout_max_ms);
+        tokio::spawn(async move {
+            tokio::time::sleep(lease + Duration::from_millis(50)).await;
+            if let Err(e) = node.inner.raft.trigger().elect().await {
+                tracing::warn!(error = %e, "campaign for leadership transfer failed");
+            }
+        });
+    }
+
+    /// Called on the other voters during a transfer: do not start elections of our own until
+    /// the target has had its chance.
+    pub(crate) fn hold_elections(&self) {
+        let node = self.clone();
+        let hold = Duration::from_millis(self.inner.options.election_timeout_max_ms * 3);
+        node.inner.raft.runtime_config().elect(false);
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            node.inner.raft.runtime_config().elect(true);
+        });
+    }
+
+    /// Stops openraft. The store is closed when the last handle drops.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+/// Adds up to 50% random jitter to a backoff delay.
+pub fn jitter(d: Duration) -> Duration {
+    let extra = rand::random::<f64>() * 0.5;
+    d.mul_f64(1.0 + extra)
+}
+
+/// Maps an internal-service status back to a Raft-layer error.
+pub fn status_to_error(s: tonic::Status) -> Error {
+    let leader = s
+        .metadata()
+        .get(LEADER_HINT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_leader_hint);
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            if leader.is_some() {
+                Error::NotLeader { leader }
+            } else {
+                Error::Unavailable(s.message().to_owned())
+            }
+        }
+        tonic::Code::InvalidArgument => Error::Invalid(s.message().to_owned()),
+        tonic::Code::FailedPrecondition => Error::FailedPrecondition(s.message().to_owned()),
+        tonic::Code::NotFound => Error::NotFound(s.message().to_owned()),
+        _ => Error::Unavailable(format!("{}: {}", s.code(), s.message())),
+    }
+}
+
+/// gRPC metadata key carrying `id@addr` of the leader on `UNAVAILABLE` replies.
+pub const LEADER_HINT_HEADER: &str = "x-flowctl-leader";
+
+fn parse_leader_hint(v: &str) -> Option<(u64, String)> {
+    let (id, addr) = v.split_once('@')?;
+    Some((id.parse().ok()?, addr.to_owned()))
+}
+
+/// Maps a Raft-layer error to a gRPC status. The one place this happens for both the internal
+/// and (through `flowctl-server`) the public services.
+pub fn error_to_status(e: &Error) -> tonic::Status {
+    match e {
+        Error::NotLeader { leader } => {
+            let mut s = tonic::Status::unavailable(e.to_string());
+            if let Some((id, addr)) = leader {
+                if let Ok(v) = format!("{id}@{addr}").parse() {
+                    s.metadata_mut().insert(LEADER_HINT_HEADER, v);
+                }
+            }
+            s
+        }
+        Error::Unavailable(m) => tonic::Status::unavailable(m.clone()),
+        Error::Invalid(m) => tonic::Status::invalid_argument(m.clone()),
+        Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m.clone()),
+        Error::NotFound(m) => tonic::Status::not_found(m.clone()),
+        Error::Fatal(m) => {
+            tracing::error!(error = %m, "raft failure");
+            tonic::Status::unavailable("this node's raft has stopped")
+        }
+    }
+}

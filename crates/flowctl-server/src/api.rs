@@ -1,0 +1,166 @@
+//! Thin gRPC handlers for the public admin API: decode, call the service layer, encode.
+
+use crate::cluster;
+use crate::errors::ServiceError;
+use crate::pipelines::{self, Consistency};
+use flowctl_proto::admin::v1 as pb;
+use flowctl_raft::{RaftNode, ReadMeta};
+use flowctl_state::{ApplyResult, PipelineRecord};
+use std::sync::{Arc, RwLock};
+use tonic::{Request, Response, Status};
+
+#[derive(Clone)]
+pub struct Api {
+    pub(crate) node: RaftNode,
+    pub(crate) cluster_id: Arc<RwLock<String>>,
+}
+
+fn ts(ms: u64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    })
+}
+
+fn pipeline_pb(r: PipelineRecord) -> pb::Pipeline {
+    pb::Pipeline {
+        name: r.name,
+        id: r.id.0,
+        generation: r.generation,
+        spec_yaml: r.spec_yaml,
+        created_at: ts(r.created_at_ms),
+        updated_at: ts(r.updated_at_ms),
+        revision: r.revision,
+    }
+}
+
+fn meta_pb(m: ReadMeta) -> pb::ReadMeta {
+    pb::ReadMeta {
+        node_id: m.node_id,
+        consistency: if m.linearizable {
+            pb::Consistency::Linearizable
+        } else {
+            pb::Consistency::Stale
+        } as i32,
+        applied_index: m.applied_index,
+        known_commit_index: m.known_commit_index,
+    }
+}
+
+fn consistency(v: i32) -> Consistency {
+    match pb::Consistency::try_from(v) {
+        Ok(pb::Consistency::Stale) => Consistency::Stale,
+        _ => Consistency::Linearizable,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::pipeline_service_server::PipelineService for Api {
+    async fn apply_pipeline(
+        &self,
+        req: Request<pb::ApplyPipelineRequest>,
+    ) -> Result<Response<pb::ApplyPipelineResponse>, Status> {
+        let req = req.into_inner();
+        let file = if req.file_name.is_empty() {
+            "<request>"
+        } else {
+            &req.file_name
+        };
+        let (rec, result, index) = pipelines::apply(&self.node, file, &req.yaml).await?;
+        let result = match result {
+            ApplyResult::Created => pb::ApplyResult::Created,
+            ApplyResult::Configured => pb::ApplyResult::Configured,
+            ApplyResult::Unchanged => pb::ApplyResult::Unchanged,
+        };
+        Ok(Response::new(pb::ApplyPipelineResponse {
+            pipeline: Some(pipeline_pb(rec)),
+            result: result as i32,
+            applied_index: index,
+        }))
+    }
+
+    async fn get_pipeline(
+        &self,
+        req: Request<pb::GetPipelineRequest>,
+    ) -> Result<Response<pb::GetPipelineResponse>, Status> {
+        let req = req.into_inner();
+        let (rec, meta) =
+            pipelines::get(&self.node, &req.name, consistency(req.consistency)).await?;
+        Ok(Response::new(pb::GetPipelineResponse {
+            pipeline: Some(pipeline_pb(rec)),
+            meta: Some(meta_pb(meta)),
+        }))
+    }
+
+    async fn list_pipelines(
+        &self,
+        req: Request<pb::ListPipelinesRequest>,
+    ) -> Result<Response<pb::ListPipelinesResponse>, Status> {
+        let req = req.into_inner();
+        let (recs, meta) = pipelines::list(&self.node, consistency(req.consistency)).await?;
+        Ok(Response::new(pb::ListPipelinesResponse {
+            pipelines: recs.into_iter().map(pipeline_pb).collect(),
+            meta: Some(meta_pb(meta)),
+        }))
+    }
+
+    async fn delete_pipeline(
+        &self,
+        req: Request<pb::DeletePipelineRequest>,
+    ) -> Result<Response<pb::DeletePipelineResponse>, Status> {
+        let index = pipelines::delete(&self.node, &req.into_inner().name).await?;
+        Ok(Response::new(pb::DeletePipelineResponse {
+            applied_index: index,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_service_server::ClusterService for Api {
+    async fn status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let cid = self
+            .cluster_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(Response::new(cluster::status(&self.node, cid).await))
+    }
+
+    async fn members(
+        &self,
+        _req: Request<pb::ClusterMembersRequest>,
+    ) -> Result<Response<pb::ClusterMembersResponse>, Status> {
+        let st = cluster::status(&self.node, String::new()).await;
+        Ok(Response::new(pb::ClusterMembersResponse {
+            members: st.members,
+            leader_id: st.leader_id,
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let index = cluster::remove(&self.node, req.into_inner().node_id)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::RemoveMemberResponse {
+            applied_index: index,
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let leader = cluster::transfer(&self.node, req.into_inner().node_id)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::TransferLeaderResponse {
+            leader_id: leader,
+        }))
+    }
+}

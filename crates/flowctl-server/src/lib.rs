@@ -1,0 +1,336 @@
+//! One flowctl node: it opens the store, starts Raft, joins or bootstraps a cluster, serves the
+//! public and internal gRPC services on one port and `/metrics`, `/livez`, `/readyz` on the
+//! metrics port, and shuts down in a fixed order.
+//!
+//! It is not the CLI: `flowctl-cli` parses flags into a [`ServerConfig`], binds the listeners
+//! and calls [`run`]. `run` takes its listeners and a cancellation token, so tests can drive it.
+//!
+//! Shutdown order: stop loops → hand leadership to another voter (if leader) → stop serving
+//! gRPC → `raft.shutdown()` → the store closes when the last handle drops.
+//!
+//! Bootstrap (see ARCHITECTURE.md "Membership"):
+//! ```text
+//! empty data dir, no --join   → initialize a one-node cluster, new cluster id
+//! empty data dir, --join A,B  → Join(A or B) → leader: add learner, wait catch-up, promote
+//! existing data dir           → resume; with --join, re-check membership (idempotent)
+//! ```
+
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod errors;
+mod grpc_metrics;
+mod http;
+pub mod node_meta;
+pub mod pipelines;
+
+pub use config::ServerConfig;
+
+use anyhow::{bail, Context};
+use flowctl_proto::admin::v1::cluster_service_server::ClusterServiceServer;
+use flowctl_proto::admin::v1::pipeline_service_server::PipelineServiceServer;
+use flowctl_proto::internal::v1 as ipb;
+use flowctl_proto::internal::v1::raft_service_server::RaftServiceServer;
+use flowctl_raft::{InternalService, RaftNode, MAX_INTERNAL_MESSAGE_BYTES};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use node_meta::NodeMeta;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a fresh node keeps trying its `--join` addresses before giving up.
+pub const JOIN_DEADLINE: Duration = Duration::from_secs(20);
+const METRICS_INTERVAL: Duration = Duration::from_millis(500);
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn prometheus() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ])
+                .expect("the bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first, e.g. by an embedding test.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Runs one node until `shutdown` is cancelled.
+pub async fn run(
+    cfg: ServerConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let prom = prometheus();
+    let meta = NodeMeta::load_or_create(&cfg.data_dir, cfg.node_id)?;
+    let node_id = meta.node_id;
+    tracing::info!(node_id, data_dir = %cfg.data_dir.display(), listen = %cfg.listen, advertise = %cfg.advertise, "starting node");
+
+    let dir = cfg.data_dir.clone();
+    let (log, sm) =
+        tokio::task::spawn_blocking(move || flowctl_store::open(&dir, Default::default()))
+            .await
+            .context("while opening the store")??;
+    let node = RaftNode::start(node_id, cfg.advertise.clone(), log, sm, cfg.raft.clone()).await?;
+    let cluster_id = Arc::new(RwLock::new(meta.cluster_id.clone()));
+
+    let tracker = TaskTracker::new();
+    let loops = CancellationToken::new();
+    let grpc_stop = CancellationToken::new();
+
+    // gRPC first: a joining node must already answer the leader's AppendEntries.
+    let grpc = {
+        let node = node.clone();
+        let cluster_id = cluster_id.clone();
+        let stop = grpc_stop.clone();
+        let max = cfg.max_request_bytes;
+        tracker.spawn(async move { serve_grpc(listener, node, cluster_id, max, stop).await })
+    };
+    if let Some(l) = metrics_listener {
+        let node = node.clone();
+        let cancel = loops.clone();
+        tracker.spawn(async move {
+            if let Err(e) = http::serve(l, node, prom, cancel).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    {
+        let node = node.clone();
+        let cancel = loops.clone();
+        tracker.spawn(async move { metrics_loop(node, cancel).await });
+    }
+
+    let boot = bootstrap(&cfg, &node, &cluster_id, meta);
+    let boot_result = tokio::select! {
+        r = boot => r,
+        _ = shutdown.cancelled() => Ok(()),
+    };
+    if let Err(e) = boot_result {
+        loops.cancel();
+        grpc_stop.cancel();
+        node.shutdown().await;
+        tracker.close();
+        tracker.wait().await;
+        return Err(e);
+    }
+    tracing::info!(node_id, "node is up");
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        r = grpc => {
+            // The gRPC server stopped on its own: an I/O error on the listener.
+            loops.cancel();
+            node.shutdown().await;
+            return match r {
+                Ok(Err(e)) => Err(e),
+                _ => Err(anyhow::anyhow!("the gRPC server stopped")),
+            };
+        }
+    }
+
+    tracing::info!(node_id, "shutting down");
+    loops.cancel();
+    if node.is_leader() && node.status().voters.len() > 1 {
+        match tokio::time::timeout(Duration::from_secs(10), node.transfer_leadership(None)).await {
+            Ok(Ok(to)) => tracing::info!(to, "handed leadership over"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "leadership transfer failed"),
+            Err(_) => tracing::warn!("leadership transfer timed out"),
+        }
+    }
+    grpc_stop.cancel();
+    node.shutdown().await;
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 5s");
+    }
+    Ok(())
+}
+
+async fn serve_grpc(
+    listener: TcpListener,
+    node: RaftNode,
+    cluster_id: Arc<RwLock<String>>,
+    max_request_bytes: usize,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let api = api::Api {
+        node: node.clone(),
+        cluster_id: cluster_id.clone(),
+    };
+    let internal = RaftServiceServer::new(InternalService::new(node, cluster_id))
+        .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
+    let pipelines =
+        PipelineServiceServer::new(api.clone()).max_decoding_message_size(max_request_bytes);
+    let clusters = ClusterServiceServer::new(api).max_decoding_message_size(max_request_bytes);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<PipelineServiceServer<api::Api>>()
+        .await;
+    reporter
+        .set_serving::<ClusterServiceServer<api::Api>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flowctl_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("while building gRPC reflection")?;
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .layer(grpc_metrics::GrpcMetricsLayer)
+        .add_service(internal)
+        .add_service(pipelines)
+        .add_service(clusters)
+        .add_service(health)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop.cancelled(),
+        )
+        .await
+        .context("gRPC server failed")
+}
+
+async fn bootstrap(
+    cfg: &ServerConfig,
+    node: &RaftNode,
+    cluster_id: &Arc<RwLock<String>>,
+    mut meta: NodeMeta,
+) -> anyhow::Result<()> {
+    let initialized = node.is_initialized().await?;
+    match (initialized, cfg.join.is_empty()) {
+        (false, true) => {
+            if !meta.cluster_id.is_empty() {
+                bail!(
+                    "data dir {} was joining cluster {} but never completed; start it with --join, or use an empty data dir",
+                    cfg.data_dir.display(),
+                    meta.cluster_id
+                );
+            }
+            node.initialize_single().await?;
+            meta.cluster_id = format!("{:016x}", rand::random::<u64>());
+            meta.save(&cfg.data_dir)?;
+            *cluster_id.write().unwrap_or_else(|p| p.into_inner()) = meta.cluster_id.clone();
+            tracing::info!(cluster_id = %meta.cluster_id, "initialized a new single-node cluster");
+            Ok(())
+        }
+        (false, false) => {
+            let resp = join(cfg, node, &meta, JOIN_DEADLINE).await?;
+            meta.cluster_id = resp.cluster_id.clone();
+            meta.save(&cfg.data_dir)?;
+            *cluster_id.write().unwrap_or_else(|p| p.into_inner()) = resp.cluster_id;
+            tracing::info!(leader = resp.leader_id, "joined the cluster as a voter");
+            Ok(())
+        }
+        (true, true) => Ok(()),
+        (true, false) => {
+            // Resuming with --join: confirm membership (a no-op for a voter), and refuse a data
+            // dir of another cluster. If no member answers now, resume from the data dir.
+            match join(cfg, node, &meta, Duration::from_secs(3)).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.downcast_ref::<JoinRefused>().is_some() => Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not confirm membership; resuming from the data dir");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct JoinRefused(String);
+
+async fn join(
+    cfg: &ServerConfig,
+    node: &RaftNode,
+    meta: &NodeMeta,
+    deadline: Duration,
+) -> anyhow::Result<ipb::JoinResponse> {
+    let until = Instant::now() + deadline;
+    let mut backoff = Duration::from_millis(200);
+    let mut errors: Vec<String>;
+    loop {
+        errors = Vec::new();
+        for addr in &cfg.join {
+            let mut client = node.peers().client(addr).map_err(anyhow::Error::msg)?;
+            let mut req = tonic::Request::new(ipb::JoinRequest {
+                node_id: node.id(),
+                addr: cfg.advertise.clone(),
+                cluster_id: meta.cluster_id.clone(),
+            });
+            req.set_timeout(Duration::from_secs(120));
+            match client.join(req).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument
+                    ) =>
+                {
+                    return Err(JoinRefused(format!(
+                        "{addr} refused to admit this node: {}",
+                        s.message()
+                    ))
+                    .into());
+                }
+                Err(s) => errors.push(format!("{addr}: {}", s.message())),
+            }
+        }
+        if Instant::now() + backoff > until {
+            break;
+        }
+        tokio::time::sleep(flowctl_raft::jitter(backoff)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    bail!(
+        "cannot join the cluster: no member answered within {}s ({})",
+        deadline.as_secs(),
+        errors.join("; ")
+    )
+}
+
+async fn metrics_loop(node: RaftNode, cancel: CancellationToken) {
+    let mut last_leader = None;
+    let mut tick = tokio::time::interval(METRICS_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let st = node.status();
+        if st.leader != last_leader {
+            if st.leader.is_some() {
+                metrics::counter!("flowctl_raft_leader_changes_total").increment(1);
+            }
+            last_leader = st.leader;
+        }
+        metrics::gauge!("flowctl_raft_term").set(st.term as f64);
+        metrics::gauge!("flowctl_raft_is_leader").set(if st.leader == Some(st.node_id) {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("flowctl_raft_commit_index").set(st.commit_index as f64);
+        metrics::gauge!("flowctl_raft_applied_index").set(st.applied_index as f64);
+        metrics::gauge!("flowctl_raft_last_log_index").set(st.last_log_index as f64);
+        metrics::gauge!("flowctl_raft_voters").set(st.voters.len() as f64);
+    }
+}

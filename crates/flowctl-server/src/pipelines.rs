@@ -1,0 +1,93 @@
+//! The pipeline service layer: validate, build a command, propose, and read.
+
+use crate::errors::ServiceError;
+use flowctl_raft::{RaftNode, ReadMeta};
+use flowctl_state::pipelines::{ApplyPipeline, DeletePipeline};
+use flowctl_state::{ApplyResult, Command, Outcome, PipelineId, PipelineRecord};
+
+/// Which read path to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    Linearizable,
+    Stale,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Validates a document and stores it. The proposer stamps the time and a candidate id; the
+/// state machine keeps the existing id on re-apply.
+pub async fn apply(
+    node: &RaftNode,
+    file: &str,
+    yaml: &str,
+) -> Result<(PipelineRecord, ApplyResult, u64), ServiceError> {
+    let doc = flowctl_spec::parse_pipeline(file, yaml)?;
+    let cmd = Command::ApplyPipeline(ApplyPipeline {
+        name: doc.name().to_owned(),
+        id_if_new: PipelineId::from_random(rand::random()),
+        spec_yaml: yaml.to_owned(),
+        canonical: doc.canonical_json(),
+        at_ms: now_ms(),
+    });
+    let applied = node.propose(cmd).await?;
+    match applied.outcome {
+        Outcome::Pipeline { record, result } => Ok((record, result, applied.log_index)),
+        Outcome::Rejected(r) => Err(r.into()),
+        other => Err(ServiceError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+pub async fn delete(node: &RaftNode, name: &str) -> Result<u64, ServiceError> {
+    flowctl_spec::check_name(name)
+        .map_err(|m| ServiceError::BadArgument(format!("pipeline name: {m}")))?;
+    let applied = node
+        .propose(Command::DeletePipeline(DeletePipeline {
+            name: name.to_owned(),
+        }))
+        .await?;
+    match applied.outcome {
+        Outcome::PipelineDeleted { .. } => Ok(applied.log_index),
+        Outcome::Rejected(r) => Err(r.into()),
+        other => Err(ServiceError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+async fn read<T>(
+    node: &RaftNode,
+    consistency: Consistency,
+    f: impl FnOnce(&flowctl_state::State) -> T,
+) -> Result<(T, ReadMeta), ServiceError> {
+    match consistency {
+        Consistency::Linearizable => Ok(node.read_linearizable(f).await?),
+        Consistency::Stale => Ok(node.read_stale(f)),
+    }
+}
+
+pub async fn get(
+    node: &RaftNode,
+    name: &str,
+    consistency: Consistency,
+) -> Result<(PipelineRecord, ReadMeta), ServiceError> {
+    let (rec, meta) = read(node, consistency, |s| s.pipelines.get(name).cloned()).await?;
+    match rec {
+        Some(r) => Ok((r, meta)),
+        None => Err(ServiceError::NotFound(format!(
+            "pipeline {name:?} not found"
+        ))),
+    }
+}
+
+pub async fn list(
+    node: &RaftNode,
+    consistency: Consistency,
+) -> Result<(Vec<PipelineRecord>, ReadMeta), ServiceError> {
+    read(node, consistency, |s| {
+        s.pipelines.values().cloned().collect()
+    })
+    .await
+}

@@ -1,0 +1,134 @@
+//! The only crate that touches RocksDB: openraft log storage, state-machine storage and
+//! snapshots, all in one RocksDB instance with one column family per concern.
+//!
+//! ```text
+//!   cf "log"       index (u64 BE)          -> v1 Entry
+//!   cf "raft"      "vote" | "committed" | "purged"
+//!   cf "sm"        "p/<pipeline name>" | "r/<node id>"  -> v1 record
+//!   cf "sm_meta"   "applied" | "membership" | "snapshot"
+//! ```
+//!
+//! Invariants:
+//! - RocksDB calls never run on a tokio worker thread: every call goes through
+//!   `spawn_blocking`.
+//! - Log appends are one synced write batch per openraft `append` call, so concurrent
+//!   proposals that openraft batches share one fsync (group commit).
+//! - State-machine writes are one write batch per `apply` call, holding the records and the
+//!   applied log id together, so a crash never leaves them out of step. They are not fsynced:
+//!   the synced log replays them. Before a snapshot lets the log be purged, the WAL is synced.
+//! - Every value carries a version byte (`flowctl_state::codec`).
+//!
+//! The in-memory [`flowctl_state::State`] mirrors the `sm` column family; reads are served from
+//! it through [`StateReader`].
+
+// openraft's storage traits fix the error type (`StorageError`, ~224 bytes); boxing it
+// internally would only move the allocation.
+#![allow(clippy::result_large_err)]
+
+mod log_store;
+mod sm_store;
+
+pub use log_store::LogStore;
+pub use sm_store::{AppliedState, StateMachineStore, StateReader};
+
+use openraft::{BasicNode, StorageError, StorageIOError};
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+openraft::declare_raft_types!(
+    /// flowctl's openraft type configuration.
+    pub TypeConfig:
+        D = flowctl_state::Command,
+        R = flowctl_state::Outcome,
+        NodeId = u64,
+        Node = BasicNode,
+        SnapshotData = tokio::fs::File,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<u64>;
+pub type Vote = openraft::Vote<u64>;
+pub type SnapshotMeta = openraft::SnapshotMeta<u64, BasicNode>;
+pub type StoredMembership = openraft::StoredMembership<u64, BasicNode>;
+
+const CF_LOG: &str = "log";
+const CF_RAFT: &str = "raft";
+const CF_SM: &str = "sm";
+const CF_SM_META: &str = "sm_meta";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open RocksDB at {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error("cannot create {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot load the state machine from {path}: {message}")]
+    Load { path: PathBuf, message: String },
+}
+
+/// Tunables of the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// fsync every log append. Only tests that do not care about durability turn it off.
+    pub sync_log: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { sync_log: true }
+    }
+}
+
+/// Opens (or creates) the store under `dir` and returns openraft's two storage halves.
+pub fn open(dir: &Path, opts: StoreOptions) -> Result<(LogStore, StateMachineStore), Error> {
+    let db_path = dir.join("rocksdb");
+    let snap_dir = dir.join("snapshots");
+    std::fs::create_dir_all(&snap_dir).map_err(|source| Error::Io {
+        path: snap_dir.clone(),
+        source,
+    })?;
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    let cfs = [CF_LOG, CF_RAFT, CF_SM, CF_SM_META]
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let db = DB::open_cf_descriptors(&db_opts, &db_path, cfs).map_err(|source| Error::Open {
+        path: db_path.clone(),
+        source,
+    })?;
+    let db = Arc::new(db);
+    let log = LogStore::new(db.clone(), opts.sync_log);
+    let sm = StateMachineStore::load(db, snap_dir).map_err(|e| Error::Load {
+        path: db_path,
+        message: e.to_string(),
+    })?;
+    Ok((log, sm))
+}
+
+/// Runs a RocksDB closure off the async runtime.
+async fn blocking<T, F>(f: F) -> Result<T, StorageError<u64>>
+where
+    F: FnOnce() -> Result<T, StorageError<u64>> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(join) => Err(StorageIOError::<u64>::write(&join).into()),
+    }
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name)
+        .expect("column families are created when the store is opened")
+}

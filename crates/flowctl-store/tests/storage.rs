@@ -1,0 +1,169 @@
+//! openraft's storage conformance suite against the RocksDB store, plus snapshot and restart
+//! round trips of our own.
+
+#![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is the failure report.
+
+use flowctl_state::pipelines::ApplyPipeline;
+use flowctl_state::{Command, PipelineId};
+use flowctl_store::{open, LogStore, StateMachineStore, StoreOptions, TypeConfig};
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError};
+use tokio::io::AsyncReadExt;
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (log, sm) = open(dir.path(), StoreOptions::default()).expect("open store");
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes() {
+    Suite::test_all(Builder).unwrap();
+}
+
+fn normal(term: u64, index: u64, name: &str, canonical: &str) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+        payload: EntryPayload::Normal(Command::ApplyPipeline(ApplyPipeline {
+            name: name.into(),
+            id_if_new: PipelineId::from_random(index),
+            spec_yaml: format!("name: {name}\n"),
+            canonical: canonical.into(),
+            at_ms: index * 1000,
+        })),
+    }
+}
+
+#[tokio::test]
+async fn applied_state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_log, mut sm) = open(dir.path(), StoreOptions::default()).unwrap();
+        let entries: Vec<_> = (1..=10)
+            .map(|i| normal(1, i, &format!("p{}", i % 4), &format!("{i}")))
+            .collect();
+        sm.apply(entries).await.unwrap();
+    }
+    let (_log, mut sm) = open(dir.path(), StoreOptions::default()).unwrap();
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.unwrap().index, 10);
+    let names = sm.reader().read(|s, idx| {
+        assert_eq!(idx, 10);
+        s.pipelines.keys().cloned().collect::<Vec<_>>()
+    });
+    assert_eq!(names, ["p0", "p1", "p2", "p3"]);
+}
+
+#[tokio::test]
+async fn snapshot_round_trips_into_a_fresh_store() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let (_log, mut src) = open(src_dir.path(), StoreOptions::default()).unwrap();
+    let entries: Vec<_> = (1..=100)
+        .map(|i| normal(2, i, &format!("p{i}"), "{}"))
+        .collect();
+    src.apply(entries).await.unwrap();
+    let mut builder = src.get_snapshot_builder().await;
+    let mut snap = builder.build_snapshot().await.unwrap();
+    assert_eq!(snap.meta.last_log_id.unwrap().index, 100);
+    let mut bytes = Vec::new();
+    snap.snapshot.read_to_end(&mut bytes).await.unwrap();
+
+    let dst_dir = tempfile::tempdir().unwrap();
+    {
+        let (_log, mut dst) = open(dst_dir.path(), StoreOptions::default()).unwrap();
+        let mut incoming = dst.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut *incoming, &bytes)
+            .await
+            .unwrap();
+        dst.install_snapshot(&snap.meta, incoming).await.unwrap();
+        let current = dst.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, snap.meta);
+    }
+    // The installed state is durable: a reopened store has it without the log.
+    let (_log, dst) = open(dst_dir.path(), StoreOptions::default()).unwrap();
+    let src_state = src.reader().read(|s, _| s.clone());
+    let dst_state = dst.reader().read(|s, i| {
+        assert_eq!(i, 100);
+        s.clone()
+    });
+    assert_eq!(src_state, dst_state);
+}
+
+#[tokio::test]
+async fn large_state_snapshot_of_200_mb_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open(dir.path(), StoreOptions::default()).unwrap();
+    // 800 pipelines with 256 KiB specs each: a little over 200 MB of state.
+    let spec = "x".repeat(256 * 1024);
+    for chunk in (1..=800u64).collect::<Vec<_>>().chunks(50) {
+        let entries: Vec<_> = chunk
+            .iter()
+            .map(|&i| {
+                let mut e = normal(1, i, &format!("big{i}"), &i.to_string());
+                if let EntryPayload::Normal(Command::ApplyPipeline(a)) = &mut e.payload {
+                    a.spec_yaml = spec.clone();
+                }
+                e
+            })
+            .collect();
+        sm.apply(entries).await.unwrap();
+    }
+    let mut snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    snap.snapshot.read_to_end(&mut bytes).await.unwrap();
+    assert!(
+        bytes.len() > 200 * 1024 * 1024,
+        "snapshot is {} bytes",
+        bytes.len()
+    );
+
+    let dst_dir = tempfile::tempdir().unwrap();
+    let (_l, mut dst) = open(dst_dir.path(), StoreOptions::default()).unwrap();
+    let mut incoming = dst.begin_receiving_snapshot().await.unwrap();
+    // Write it in 1 MiB chunks, as the Raft transport does.
+    for c in bytes.chunks(1024 * 1024) {
+        tokio::io::AsyncWriteExt::write_all(&mut *incoming, c)
+            .await
+            .unwrap();
+    }
+    dst.install_snapshot(&snap.meta, incoming).await.unwrap();
+    assert_eq!(dst.reader().read(|s, _| s.pipelines.len()), 800);
+}
+
+#[tokio::test]
+async fn log_entries_survive_reopen_and_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, _sm) = open(dir.path(), StoreOptions::default()).unwrap();
+        let entries: Vec<_> = (1..=20).map(|i| normal(1, i, "a", "{}")).collect();
+        // `blocking_append` waits for the flush callback.
+        openraft::testing::log_id(1, 1, 1);
+        openraft::storage::RaftLogStorageExt::blocking_append(&mut log, entries)
+            .await
+            .unwrap();
+        log.purge(LogId::new(openraft::CommittedLeaderId::new(1, 1), 5))
+            .await
+            .unwrap();
+    }
+    let (mut log, _sm) = open(dir.path(), StoreOptions::default()).unwrap();
+    let st = log.get_log_state().await.unwrap();
+    assert_eq!(st.last_purged_log_id.unwrap().index, 5);
+    assert_eq!(st.last_log_id.unwrap().index, 20);
+    let got = openraft::RaftLogReader::try_get_log_entries(&mut log, 0..100)
+        .await
+        .unwrap();
+    assert_eq!(got.first().unwrap().log_id.index, 6);
+    assert_eq!(got.len(), 15);
+}
