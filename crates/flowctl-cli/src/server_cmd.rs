@@ -38,6 +38,9 @@ pub struct ServerArgs {
     /// Largest public request accepted, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
+    /// Seconds a new node keeps trying its --join addresses before it gives up.
+    #[arg(long, default_value_t = 30)]
+    join_timeout: u64,
     /// Build a snapshot and purge the log every this many applied entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_threshold: u64,
@@ -114,6 +117,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<()> {
         metrics_listen,
         node_id: a.node_id,
         max_request_bytes: a.max_request_bytes,
+        join_timeout: std::time::Duration::from_secs(a.join_timeout),
         raft: flowctl_raft::RaftOptions {
             snapshot_threshold: a.snapshot_threshold,
             keep_logs_after_snapshot: a.snapshot_keep_logs,

@@ -305,13 +305,9 @@ impl RaftNode {
                     // Leadership is moving: give the election a moment, then try the new leader.
                     let _ = self.wait_for_leader(Duration::from_secs(3)).await;
                 }
-                Err(e) => {
-                    metrics::counter!("flowctl_raft_proposals_failed_total").increment(1);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
-        metrics::counter!("flowctl_raft_proposals_failed_total").increment(1);
         Err(last_err.unwrap_or_else(|| Error::Unavailable("no leader".into())))
     }
 
@@ -321,6 +317,7 @@ impl RaftNode {
             return self.write_as_leader(cmd.clone()).await;
         }
         let bytes = codec::encode_command(cmd).map_err(|e| Error::Invalid(e.to_string()))?;
+        metrics::counter!("flowctl_raft_forwarded_total").increment(1);
         let mut client = self.inner.peers.client(&addr).map_err(Error::Unavailable)?;
         let mut req = tonic::Request::new(pb::ForwardRequest {
             command: bytes,
@@ -345,15 +342,25 @@ impl RaftNode {
         if self.inner.transferring.load(Ordering::Acquire) {
             return Err(Error::Unavailable("leadership transfer in progress".into()));
         }
+        let started = Instant::now();
         let fut = self.inner.raft.client_write(cmd);
-        match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        let result = match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
             Err(_) => Err(Error::Unavailable("timed out waiting for commit".into())),
             Ok(Ok(resp)) => Ok(Applied {
                 outcome: resp.data,
                 log_index: resp.log_id.index,
             }),
             Ok(Err(e)) => Err(self.write_error(e)),
+        };
+        match &result {
+            Ok(_) => {
+                metrics::counter!("flowctl_raft_proposals_committed_total").increment(1);
+                metrics::histogram!("flowctl_raft_propose_to_apply_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Err(_) => metrics::counter!("flowctl_raft_proposals_failed_total").increment(1),
         }
+        result
     }
 
     fn write_error(&self, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Error {

@@ -25,6 +25,8 @@ pub struct ServerConfig {
     /// Use this node id for a fresh data dir (else a random one is generated).
     pub node_id: Option<u64>,
     pub max_request_bytes: usize,
+    /// How long a fresh node keeps trying its `--join` addresses.
+    pub join_timeout: std::time::Duration,
     pub raft: RaftOptions,
 }
 

@@ -20,6 +20,38 @@ pub struct LogStore {
     db: Arc<DB>,
     sync: bool,
     committed: Arc<AtomicU64>,
+    syncer: Option<std::sync::mpsc::SyncSender<LogFlushed<TypeConfig>>>,
+}
+
+/// Appends waiting for the next WAL fsync. When the queue is full, `append` waits (on a
+/// blocking thread) for room: backpressure, not unbounded memory.
+const SYNC_QUEUE: usize = 16 * 1024;
+
+/// Group commit. `append` writes its batch to RocksDB at once without fsync, so the entries
+/// are readable immediately, and hands its flush callback to this thread. The thread takes
+/// every callback queued so far, syncs the WAL once, and completes them all: concurrent
+/// proposals share one fsync, and openraft's core never waits for the disk.
+///
+/// The thread holds only a weak reference, so the database closes as soon as the stores drop.
+fn run_syncer(db: std::sync::Weak<DB>, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let result = match db.upgrade() {
+            Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+            None => Err("the store is closed".to_owned()),
+        };
+        metrics::counter!("flowctl_store_log_fsyncs_total").increment(1);
+        metrics::histogram!("flowctl_store_log_fsync_batch_size").record(waiting.len() as f64);
+        for cb in waiting {
+            match &result {
+                Ok(()) => cb.log_io_completed(Ok(())),
+                Err(e) => cb.log_io_completed(Err(std::io::Error::other(e.clone()))),
+            }
+        }
+    }
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -42,10 +74,22 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
 
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>, sync: bool) -> Self {
+        let syncer = if sync {
+            let (tx, rx) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
+            let db = Arc::downgrade(&db);
+            std::thread::Builder::new()
+                .name("flowctl-log-sync".into())
+                .spawn(move || run_syncer(db, rx))
+                .expect("the OS can start the log sync thread");
+            Some(tx)
+        } else {
+            None
+        };
         LogStore {
             db,
             sync,
             committed: Arc::new(AtomicU64::new(0)),
+            syncer,
         }
     }
 
@@ -188,13 +232,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf(&self.db, CF_LOG), index_key(e.get_log_id().index), bytes);
         }
         let db = self.db.clone();
-        let opts = self.write_opts();
-        let res = blocking(move || db.write_opt(batch, &opts).map_err(write_err)).await;
-        match &res {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
-        }
-        res
+        let syncer = self.syncer.clone();
+        blocking(move || {
+            // Unsynced write: visible to readers now, durable at the syncer's next fsync.
+            if let Err(e) = db.write(batch) {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                return Err(write_err(e));
+            }
+            match syncer {
+                Some(tx) => tx
+                    .send(callback)
+                    .map_err(|_| write_err(std::io::Error::other("log sync thread stopped"))),
+                None => {
+                    callback.log_io_completed(Ok(()));
+                    Ok(())
+                }
+            }
+        })
+        .await
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {

@@ -28,7 +28,9 @@ pub fn flowctl_bin() -> anyhow::Result<PathBuf> {
             break;
         }
     }
-    bail!("cannot find the flowctl binary; build it (cargo build -p flowctl-cli) or set FLOWCTL_BIN")
+    bail!(
+        "cannot find the flowctl binary; build it (cargo build -p flowctl-cli) or set FLOWCTL_BIN"
+    )
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
@@ -82,7 +84,9 @@ impl Cluster {
     /// every node reports the same leader and all are voters.
     pub fn start(n: usize, opts: ClusterOptions) -> anyhow::Result<Self> {
         let bin = flowctl_bin()?;
-        let dir = tempfile::Builder::new().prefix("flowctl-cluster-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("flowctl-cluster-")
+            .tempdir()?;
         let mut c = Cluster {
             nodes: Vec::new(),
             bin,
@@ -93,7 +97,11 @@ impl Cluster {
             let port = free_port();
             let mport = free_port();
             let data_dir = c._dir.path().join(format!("node{i}"));
-            let join = if i == 0 { vec![] } else { vec![c.nodes[0].addr.clone()] };
+            let join = if i == 0 {
+                vec![]
+            } else {
+                vec![c.nodes[0].addr.clone()]
+            };
             c.nodes.push(Node {
                 addr: format!("127.0.0.1:{port}"),
                 metrics_addr: format!("127.0.0.1:{mport}"),
@@ -137,14 +145,20 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let child = cmd.spawn().with_context(|| format!("cannot start {}", self.bin.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.bin.display()))?;
         self.nodes[i].child = Some(child);
         Ok(())
     }
 
     /// Comma list of every node's address.
     pub fn endpoints(&self) -> String {
-        self.nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",")
+        self.nodes
+            .iter()
+            .map(|n| n.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// SIGKILL a node and reap it.
@@ -161,7 +175,10 @@ impl Cluster {
             return Ok(None);
         };
         // `kill -TERM` keeps this crate free of unsafe code.
-        let sent = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status()?;
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()?;
         if !sent.success() {
             bail!("kill -TERM {} failed", c.id());
         }
@@ -208,7 +225,11 @@ impl Cluster {
         a.extend(["-o", "json"]);
         let out = self.flowctl(i, &a)?;
         if !out.status.success() {
-            bail!("flowctl {:?} on node {i} failed: {}", args, String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "flowctl {:?} on node {i} failed: {}",
+                args,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
     }
@@ -216,8 +237,17 @@ impl Cluster {
     /// Waits until node `i` answers `/readyz` with 200.
     pub fn wait_ready(&self, i: usize, timeout: Duration) -> anyhow::Result<()> {
         let addr = self.nodes[i].metrics_addr.clone();
-        wait_until(timeout, || http_get(&addr, "/readyz").map(|(code, _)| code == 200).unwrap_or(false))
-            .with_context(|| format!("node {i} did not become ready; log:\n{}", self.log_tail(i, 30)))
+        wait_until(timeout, || {
+            http_get(&addr, "/readyz")
+                .map(|(code, _)| code == 200)
+                .unwrap_or(false)
+        })
+        .with_context(|| {
+            format!(
+                "node {i} did not become ready; log:\n{}",
+                self.log_tail(i, 30)
+            )
+        })
     }
 
     /// Waits until a node's `cluster status` shows `n` voters all agreeing on one leader.
@@ -226,7 +256,9 @@ impl Cluster {
             let Ok(v) = self.json(0, &["cluster", "status", "--timeout", "3"]) else {
                 return false;
             };
-            let Some(members) = v["members"].as_array() else { return false };
+            let Some(members) = v["members"].as_array() else {
+                return false;
+            };
             let leader = v["leader_id"].as_u64().unwrap_or(0);
             members.len() == n
                 && leader != 0
@@ -234,7 +266,12 @@ impl Cluster {
                     .iter()
                     .all(|m| m["voter"] == true && m["leader_id"].as_u64() == Some(leader))
         })
-        .with_context(|| format!("cluster did not form {n} voters; node 0 log:\n{}", self.log_tail(0, 30)))
+        .with_context(|| {
+            format!(
+                "cluster did not form {n} voters; node 0 log:\n{}",
+                self.log_tail(0, 30)
+            )
+        })
     }
 
     /// The index of the node that is currently leader, by asking any live node.
@@ -302,6 +339,9 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("malformed HTTP reply")?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((code, body))
 }

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: setup, formatting and lint checks, then every test (unit, storage
+# conformance, data-driven, and the multi-node cluster and fault suites with real processes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast
+else
+    cargo test --workspace --no-fail-fast
+fi

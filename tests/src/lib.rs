@@ -1,1 +1,0 @@
-//! Cluster tests live in `tests/`; this crate has no library code.
