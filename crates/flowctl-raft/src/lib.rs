@@ -40,6 +40,20 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The forwarding hop limit: a follower forwards to the leader, and the leader never forwards.
 pub const MAX_FORWARD_HOPS: u32 = 1;
 
+/// Proposals waiting on the leader to be batched; beyond this, writes get `Overloaded`.
+pub const PROPOSAL_QUEUE: usize = 4096;
+/// Most commands in one log entry.
+const MAX_BATCH: usize = 256;
+/// Batches being committed at once. While they are in flight, new proposals gather into the
+/// next batch.
+const MAX_INFLIGHT_BATCHES: usize = 4;
+
+type Proposal = (
+    Command,
+    Instant,
+    tokio::sync::oneshot::Sender<Result<Applied, Error>>,
+);
+
 /// Timing and snapshot settings.
 #[derive(Debug, Clone)]
 pub struct RaftOptions {
@@ -79,6 +93,8 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("not found: {0}")]
     NotFound(String),
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     #[error("raft stopped: {0}")]
     Fatal(String),
 }
@@ -130,6 +146,8 @@ struct Inner {
     options: RaftOptions,
     /// Set while this node hands leadership away: new proposals wait for the new leader.
     transferring: AtomicBool,
+    /// The proposal batcher's queue (see [`run_batcher`]).
+    proposals: tokio::sync::mpsc::Sender<Proposal>,
 }
 
 impl RaftNode {
@@ -168,6 +186,9 @@ impl RaftNode {
         let raft = Raft::new(id, config, net, log, sm)
             .await
             .map_err(|e| Error::Fatal(e.to_string()))?;
+        let (proposals, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
+        // The batcher stops when the last RaftNode handle (and so the sender) drops.
+        tokio::spawn(run_batcher(raft.clone(), rx));
         Ok(RaftNode {
             inner: Arc::new(Inner {
                 id,
@@ -178,6 +199,7 @@ impl RaftNode {
                 peers,
                 options,
                 transferring: AtomicBool::new(false),
+                proposals,
             }),
         })
     }
@@ -338,41 +360,32 @@ impl RaftNode {
     }
 
     /// Writes on this node, which must be the leader (a forwarded command lands here).
+    /// Concurrent writes are batched into one log entry by [`run_batcher`].
     pub async fn write_as_leader(&self, cmd: Command) -> Result<Applied, Error> {
         if self.inner.transferring.load(Ordering::Acquire) {
             return Err(Error::Unavailable("leadership transfer in progress".into()));
         }
-        let started = Instant::now();
-        let fut = self.inner.raft.client_write(cmd);
-        let result = match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner
+            .proposals
+            .try_send((cmd, Instant::now(), tx))
+            .map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
+                    "more than {PROPOSAL_QUEUE} writes are waiting; retry later"
+                )),
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                    Error::Fatal("the proposal batcher stopped".into())
+                }
+            })?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Err(_) => Err(Error::Unavailable("timed out waiting for commit".into())),
-            Ok(Ok(resp)) => Ok(Applied {
-                outcome: resp.data,
-                log_index: resp.log_id.index,
-            }),
-            Ok(Err(e)) => Err(self.write_error(e)),
-        };
-        match &result {
-            Ok(_) => {
-                metrics::counter!("flowctl_raft_proposals_committed_total").increment(1);
-                metrics::histogram!("flowctl_raft_propose_to_apply_seconds")
-                    .record(started.elapsed().as_secs_f64());
-            }
-            Err(_) => metrics::counter!("flowctl_raft_proposals_failed_total").increment(1),
+            Ok(Err(_)) => Err(Error::Fatal("the proposal batcher stopped".into())),
+            Ok(Ok(r)) => r,
         }
-        result
     }
 
     fn write_error(&self, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Error {
-        match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
-                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-            },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-                Error::FailedPrecondition(c.to_string())
-            }
-            RaftError::Fatal(f) => Error::Fatal(f.to_string()),
-        }
+        write_error(e)
     }
 
     /// On the leader: confirms leadership with a quorum and returns the index a linearizable
@@ -674,6 +687,92 @@ impl RaftNode {
     }
 }
 
+fn write_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+            leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            Error::FailedPrecondition(c.to_string())
+        }
+        RaftError::Fatal(f) => Error::Fatal(f.to_string()),
+    }
+}
+
+/// Group proposals: openraft 0.9 appends and replicates one log entry per `client_write`, so
+/// the leader merges the proposals that arrive together into one [`Command::Batch`] entry.
+/// Up to [`MAX_INFLIGHT_BATCHES`] batches commit at once; while they are in flight, new
+/// proposals gather into the next batch, so batches grow with load and a lone write goes
+/// out at once.
+async fn run_batcher(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_BATCHES));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit_batch(&raft, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn commit_batch(raft: &Raft, batch: Vec<Proposal>) {
+    let n = batch.len();
+    let mut cmds = Vec::with_capacity(n);
+    let mut waiters = Vec::with_capacity(n);
+    for (cmd, at, tx) in batch {
+        cmds.push(cmd);
+        waiters.push((at, tx));
+    }
+    let entry = if n == 1 {
+        cmds.pop().expect("a batch has one command")
+    } else {
+        Command::Batch(cmds)
+    };
+    match raft.client_write(entry).await {
+        Ok(resp) => {
+            let index = resp.log_id.index;
+            let outcomes = match (n, resp.data) {
+                (1, o) => vec![o],
+                (_, Outcome::Batch(outs)) if outs.len() == n => outs,
+                (_, other) => {
+                    tracing::error!(?other, n, "batch outcome does not match the batch");
+                    let bad = Outcome::Rejected(flowctl_state::Rejection::Invalid(
+                        "internal: batch outcome mismatch".into(),
+                    ));
+                    vec![bad; n]
+                }
+            };
+            metrics::counter!("flowctl_raft_proposals_committed_total").increment(n as u64);
+            metrics::histogram!("flowctl_raft_proposal_batch_size").record(n as f64);
+            for ((at, tx), outcome) in waiters.into_iter().zip(outcomes) {
+                metrics::histogram!("flowctl_raft_propose_to_apply_seconds")
+                    .record(at.elapsed().as_secs_f64());
+                let _ = tx.send(Ok(Applied {
+                    outcome,
+                    log_index: index,
+                }));
+            }
+        }
+        Err(e) => {
+            metrics::counter!("flowctl_raft_proposals_failed_total").increment(n as u64);
+            let err = write_error(e);
+            for (_, tx) in waiters {
+                let _ = tx.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
 /// Adds up to 50% random jitter to a backoff delay.
 pub fn jitter(d: Duration) -> Duration {
     let extra = rand::random::<f64>() * 0.5;
@@ -698,6 +797,7 @@ pub fn status_to_error(s: tonic::Status) -> Error {
         tonic::Code::InvalidArgument => Error::Invalid(s.message().to_owned()),
         tonic::Code::FailedPrecondition => Error::FailedPrecondition(s.message().to_owned()),
         tonic::Code::NotFound => Error::NotFound(s.message().to_owned()),
+        tonic::Code::ResourceExhausted => Error::Overloaded(s.message().to_owned()),
         _ => Error::Unavailable(format!("{}: {}", s.code(), s.message())),
     }
 }
@@ -724,6 +824,7 @@ pub fn error_to_status(e: &Error) -> tonic::Status {
             s
         }
         Error::Unavailable(m) => tonic::Status::unavailable(m.clone()),
+        Error::Overloaded(m) => tonic::Status::resource_exhausted(m.clone()),
         Error::Invalid(m) => tonic::Status::invalid_argument(m.clone()),
         Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m.clone()),
         Error::NotFound(m) => tonic::Status::not_found(m.clone()),

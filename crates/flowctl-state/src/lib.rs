@@ -30,6 +30,9 @@ pub enum Command {
     DeletePipeline(pipelines::DeletePipeline),
     /// Record that a node left the cluster, so that its id is never admitted again.
     RecordNodeRemoved { node_id: NodeId },
+    /// Several commands proposed together as one log entry (the leader batches concurrent
+    /// proposals). They apply in order; each gets its own outcome.
+    Batch(Vec<Command>),
 }
 
 /// Why a command changed nothing.
@@ -57,6 +60,8 @@ pub enum Outcome {
         node_id: NodeId,
     },
     Rejected(Rejection),
+    /// The outcomes of a [`Command::Batch`], in order.
+    Batch(Vec<Outcome>),
 }
 
 /// A record key that an `apply` call may have changed.
@@ -67,17 +72,44 @@ pub enum Touched {
 }
 
 /// The whole replicated application state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
     pub pipelines: BTreeMap<String, PipelineRecord>,
     pub removed_nodes: BTreeSet<NodeId>,
+    /// Index of pipeline ids to names: derived from `pipelines`, never persisted. `apply`
+    /// rebuilds it when it is out of step (after decoding or loading from disk).
+    #[serde(skip)]
+    pub(crate) pipeline_ids: BTreeMap<PipelineId, String>,
 }
+
+/// Equality of the replicated content; derived indexes do not take part.
+impl PartialEq for State {
+    fn eq(&self, other: &Self) -> bool {
+        self.pipelines == other.pipelines && self.removed_nodes == other.removed_nodes
+    }
+}
+
+impl Eq for State {}
 
 /// Applies `cmd`, committed at log index `index`, to `state`.
 pub fn apply(state: &mut State, index: u64, cmd: &Command) -> (Outcome, Vec<Touched>) {
     match cmd {
         Command::ApplyPipeline(c) => pipelines::apply_pipeline(state, index, c),
         Command::DeletePipeline(c) => pipelines::delete_pipeline(state, c),
+        Command::Batch(cmds) => {
+            let mut outcomes = Vec::with_capacity(cmds.len());
+            let mut touched = Vec::new();
+            for c in cmds {
+                if matches!(c, Command::Batch(_)) {
+                    outcomes.push(Outcome::Rejected(Rejection::Invalid("nested batch".into())));
+                    continue;
+                }
+                let (o, t) = apply(state, index, c);
+                outcomes.push(o);
+                touched.extend(t);
+            }
+            (Outcome::Batch(outcomes), touched)
+        }
         Command::RecordNodeRemoved { node_id } => {
             state.removed_nodes.insert(*node_id);
             (

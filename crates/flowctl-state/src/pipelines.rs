@@ -56,6 +56,13 @@ pub(crate) fn apply_pipeline(
         );
     }
     let touched = vec![Touched::Pipeline(c.name.clone())];
+    if state.pipeline_ids.len() != state.pipelines.len() {
+        state.pipeline_ids = state
+            .pipelines
+            .values()
+            .map(|p| (p.id.clone(), p.name.clone()))
+            .collect();
+    }
     match state.pipelines.get_mut(&c.name) {
         Some(existing) if existing.canonical == c.canonical => (
             Outcome::Pipeline {
@@ -79,7 +86,7 @@ pub(crate) fn apply_pipeline(
             )
         }
         None => {
-            if state.pipelines.values().any(|p| p.id == c.id_if_new) {
+            if state.pipeline_ids.contains_key(&c.id_if_new) {
                 return (
                     Outcome::Rejected(Rejection::Invalid(format!(
                         "pipeline id {} is already taken",
@@ -99,6 +106,9 @@ pub(crate) fn apply_pipeline(
                 revision: index,
             };
             state.pipelines.insert(c.name.clone(), record.clone());
+            state
+                .pipeline_ids
+                .insert(record.id.clone(), record.name.clone());
             (
                 Outcome::Pipeline {
                     record,
@@ -112,12 +122,15 @@ pub(crate) fn apply_pipeline(
 
 pub(crate) fn delete_pipeline(state: &mut State, c: &DeletePipeline) -> (Outcome, Vec<Touched>) {
     match state.pipelines.remove(&c.name) {
-        Some(_) => (
-            Outcome::PipelineDeleted {
-                name: c.name.clone(),
-            },
-            vec![Touched::Pipeline(c.name.clone())],
-        ),
+        Some(rec) => {
+            state.pipeline_ids.remove(&rec.id);
+            (
+                Outcome::PipelineDeleted {
+                    name: c.name.clone(),
+                },
+                vec![Touched::Pipeline(c.name.clone())],
+            )
+        }
         None => (
             Outcome::Rejected(Rejection::NotFound {
                 kind: "pipeline".into(),
@@ -131,7 +144,7 @@ pub(crate) fn delete_pipeline(state: &mut State, c: &DeletePipeline) -> (Outcome
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{apply, Command};
+    use crate::{apply, Command, Rejection};
 
     fn cmd(name: &str, canonical: &str, id: u64, at: u64) -> Command {
         Command::ApplyPipeline(ApplyPipeline {
@@ -209,6 +222,69 @@ mod tests {
         let (out, _) = apply(&mut s, 2, &cmd("b", "{}", 7, 1));
         assert!(matches!(out, Outcome::Rejected(Rejection::Invalid(_))));
         assert!(!s.pipelines.contains_key("b"));
+    }
+
+    #[test]
+    fn id_index_survives_decoding_and_deletes() {
+        let mut s = State::default();
+        apply(&mut s, 1, &cmd("a", "{}", 7, 1));
+        let mut decoded =
+            crate::codec::decode_state(&crate::codec::encode_state(&s).unwrap()).unwrap();
+        let (out, _) = apply(&mut decoded, 2, &cmd("b", "{}", 7, 1));
+        assert!(
+            matches!(out, Outcome::Rejected(_)),
+            "the index must be rebuilt after decoding"
+        );
+        apply(
+            &mut decoded,
+            3,
+            &Command::DeletePipeline(DeletePipeline { name: "a".into() }),
+        );
+        let (out, _) = apply(&mut decoded, 4, &cmd("b", "{}", 7, 1));
+        assert!(matches!(
+            out,
+            Outcome::Pipeline {
+                result: ApplyResult::Created,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_batch_applies_in_order_with_one_outcome_each() {
+        let mut s = State::default();
+        let batch = Command::Batch(vec![
+            cmd("a", "{}", 1, 1),
+            cmd("a", "{\"v\":2}", 2, 2),
+            Command::DeletePipeline(DeletePipeline { name: "zz".into() }),
+            Command::Batch(vec![]),
+        ]);
+        let (out, touched) = apply(&mut s, 9, &batch);
+        let Outcome::Batch(outs) = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(outs.len(), 4);
+        assert!(matches!(
+            outs[0],
+            Outcome::Pipeline {
+                result: ApplyResult::Created,
+                ..
+            }
+        ));
+        assert!(matches!(
+            outs[1],
+            Outcome::Pipeline {
+                result: ApplyResult::Configured,
+                ..
+            }
+        ));
+        assert!(matches!(
+            outs[2],
+            Outcome::Rejected(Rejection::NotFound { .. })
+        ));
+        assert!(matches!(outs[3], Outcome::Rejected(Rejection::Invalid(_))));
+        assert_eq!(s.pipelines["a"].generation, 2);
+        assert_eq!(touched.len(), 2);
     }
 
     #[test]

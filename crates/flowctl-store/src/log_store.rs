@@ -1,57 +1,64 @@
-//! openraft log storage on the `log` and `raft` column families.
+//! openraft log storage on the `log` and `raft` column families, with group commit.
+//!
+//! ```text
+//!  append(entries, cb) ──▶ pending (in memory, readable at once) ──▶ queue ──▶ writer thread
+//!  writer: take every queued op ─▶ one WriteBatch ─▶ one synced write ─▶ complete every cb
+//! ```
+//!
+//! openraft 0.9 hands the store one client write at a time, so the store itself must merge
+//! them: while one synced write is on the disk, later appends gather in the queue and share
+//! the next one. openraft's core never waits for the disk; it learns of durability through the
+//! `LogFlushed` callbacks. Entries stay in `pending` until they are durable, so readers (the
+//! replication streams) see them as soon as `append` returns.
 
 use crate::{blocking, cf, Entry, LogId, TypeConfig, Vote, CF_LOG, CF_RAFT};
 use flowctl_state::codec;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogId, RaftLogReader, StorageError, StorageIOError};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, Weak};
 
 const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"purged";
 
-/// The Raft log. Cheap to clone: clones share one RocksDB.
+/// Operations waiting for the writer. When the queue is full, `append` waits (on a blocking
+/// thread) for room: backpressure, not unbounded memory.
+const WRITE_QUEUE: usize = 16 * 1024;
+
+/// One queued log operation, applied by the writer thread in queue order.
+enum Op {
+    Append {
+        entries: Vec<(u64, LogId, Vec<u8>)>,
+        done: LogFlushed<TypeConfig>,
+    },
+    /// Delete entries at and after `from`.
+    Truncate {
+        from: u64,
+        done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
+    /// Delete entries up to and including `upto.index` and remember `upto`.
+    Purge {
+        upto: u64,
+        record: Vec<u8>,
+        done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
+}
+
+type Pending = Arc<Mutex<BTreeMap<u64, Entry>>>;
+
+/// The Raft log. Cheap to clone: clones share one RocksDB, one pending map and one writer.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
     sync: bool,
     committed: Arc<AtomicU64>,
-    syncer: Option<std::sync::mpsc::SyncSender<LogFlushed<TypeConfig>>>,
-}
-
-/// Appends waiting for the next WAL fsync. When the queue is full, `append` waits (on a
-/// blocking thread) for room: backpressure, not unbounded memory.
-const SYNC_QUEUE: usize = 16 * 1024;
-
-/// Group commit. `append` writes its batch to RocksDB at once without fsync, so the entries
-/// are readable immediately, and hands its flush callback to this thread. The thread takes
-/// every callback queued so far, syncs the WAL once, and completes them all: concurrent
-/// proposals share one fsync, and openraft's core never waits for the disk.
-///
-/// The thread holds only a weak reference, so the database closes as soon as the stores drop.
-fn run_syncer(db: std::sync::Weak<DB>, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    while let Ok(first) = rx.recv() {
-        let mut waiting = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            waiting.push(more);
-        }
-        let result = match db.upgrade() {
-            Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
-            None => Err("the store is closed".to_owned()),
-        };
-        metrics::counter!("flowctl_store_log_fsyncs_total").increment(1);
-        metrics::histogram!("flowctl_store_log_fsync_batch_size").record(waiting.len() as f64);
-        for cb in waiting {
-            match &result {
-                Ok(()) => cb.log_io_completed(Ok(())),
-                Err(e) => cb.log_io_completed(Err(std::io::Error::other(e.clone()))),
-            }
-        }
-    }
+    pending: Pending,
+    writer: SyncSender<Op>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -72,24 +79,101 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
     StorageIOError::<u64>::write_logs(&e).into()
 }
 
+fn lock(p: &Pending) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The writer thread: drains the queue, writes everything in one batch with one fsync, then
+/// completes every operation. It holds only a weak database reference, so the database
+/// closes as soon as the stores drop.
+fn run_writer(db: Weak<DB>, sync: bool, pending: Pending, rx: Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            ops.push(more);
+        }
+        let Some(db) = db.upgrade() else {
+            fail_all(ops, "the store is closed");
+            continue;
+        };
+        let mut batch = WriteBatch::default();
+        let log = cf(&db, CF_LOG);
+        let mut written = Vec::new();
+        for op in &ops {
+            match op {
+                Op::Append { entries, .. } => {
+                    for (index, log_id, bytes) in entries {
+                        batch.put_cf(log, index_key(*index), bytes);
+                        written.push((*index, *log_id));
+                    }
+                }
+                Op::Truncate { from, .. } => {
+                    batch.delete_range_cf(log, index_key(*from), index_key(u64::MAX));
+                    batch.delete_cf(log, index_key(u64::MAX));
+                }
+                Op::Purge { upto, record, .. } => {
+                    batch.put_cf(cf(&db, CF_RAFT), KEY_PURGED, record);
+                    batch.delete_range_cf(log, index_key(0), index_key(upto.saturating_add(1)));
+                }
+            }
+        }
+        let mut w = WriteOptions::default();
+        w.set_sync(sync);
+        let result = db.write_opt(batch, &w).map_err(|e| e.to_string());
+        if sync {
+            metrics::counter!("flowctl_store_log_fsyncs_total").increment(1);
+            metrics::histogram!("flowctl_store_log_fsync_batch_size").record(ops.len() as f64);
+        }
+        if result.is_ok() {
+            // Durable now: drop from `pending` what this batch wrote, unless a later append
+            // replaced it (same index, other log id) meanwhile.
+            let mut p = lock(&pending);
+            for (index, log_id) in written {
+                if p.get(&index).is_some_and(|e| e.log_id == log_id) {
+                    p.remove(&index);
+                }
+            }
+        }
+        complete_all(ops, &result);
+    }
+}
+
+fn complete_all(ops: Vec<Op>, result: &Result<(), String>) {
+    for op in ops {
+        match op {
+            Op::Append { done, .. } => match result {
+                Ok(()) => done.log_io_completed(Ok(())),
+                Err(e) => done.log_io_completed(Err(std::io::Error::other(e.clone()))),
+            },
+            Op::Truncate { done, .. } | Op::Purge { done, .. } => {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+}
+
+fn fail_all(ops: Vec<Op>, why: &str) {
+    complete_all(ops, &Err(why.to_owned()));
+}
+
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>, sync: bool) -> Self {
-        let syncer = if sync {
-            let (tx, rx) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
+        let (tx, rx) = sync_channel(WRITE_QUEUE);
+        let pending: Pending = Arc::default();
+        {
             let db = Arc::downgrade(&db);
+            let pending = pending.clone();
             std::thread::Builder::new()
-                .name("flowctl-log-sync".into())
-                .spawn(move || run_syncer(db, rx))
-                .expect("the OS can start the log sync thread");
-            Some(tx)
-        } else {
-            None
-        };
+                .name("flowctl-log-writer".into())
+                .spawn(move || run_writer(db, sync, pending, rx))
+                .expect("the OS can start the log writer thread");
+        }
         LogStore {
             db,
             sync,
             committed: Arc::new(AtomicU64::new(0)),
-            syncer,
+            pending,
+            writer: tx,
         }
     }
 
@@ -115,6 +199,26 @@ impl LogStore {
         w.set_sync(self.sync);
         w
     }
+
+    /// Queues an operation for the writer and waits until it is durable.
+    async fn through_writer(
+        &self,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<Result<(), String>>) -> Op + Send + 'static,
+    ) -> Result<(), StorageError<u64>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let writer = self.writer.clone();
+        blocking(move || {
+            writer
+                .send(make(tx))
+                .map_err(|_| write_err(std::io::Error::other("log writer stopped")))
+        })
+        .await?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(write_err(std::io::Error::other(e))),
+            Err(_) => Err(write_err(std::io::Error::other("log writer stopped"))),
+        }
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -132,10 +236,27 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
+        // The newest entries may still be pending; they take precedence over the disk.
+        let pending: Vec<Entry> = {
+            let p = lock(&self.pending);
+            let upper = end.map(Bound::Excluded).unwrap_or(Bound::Unbounded);
+            p.range((Bound::Included(start), upper))
+                .map(|(_, e)| e.clone())
+                .collect()
+        };
+        let first_pending = pending.first().map(|e| e.log_id.index);
+        if first_pending == Some(start) {
+            // The common case on a leader: replicating entries that were just appended.
+            return Ok(pending);
+        }
         let db = self.db.clone();
-        blocking(move || {
+        let mut out = blocking(move || {
             let mut out = Vec::new();
             let from = index_key(start);
+            let stop = match (end, first_pending) {
+                (Some(e), Some(p)) => Some(e.min(p)),
+                (e, p) => e.or(p),
+            };
             let iter = db.iterator_cf(
                 cf(&db, CF_LOG),
                 IteratorMode::From(&from, Direction::Forward),
@@ -143,14 +264,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
             for item in iter {
                 let (k, v) = item.map_err(read_err)?;
                 let idx = key_index(&k);
-                if end.is_some_and(|e| idx >= e) {
+                if stop.is_some_and(|e| idx >= e) {
                     break;
                 }
                 out.push(codec::decode::<Entry>("log entry", &v).map_err(read_err)?);
             }
             Ok(out)
         })
-        .await
+        .await?;
+        out.extend(pending);
+        Ok(out)
     }
 }
 
@@ -158,16 +281,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
+        let last_pending = lock(&self.pending).last_key_value().map(|(_, e)| e.log_id);
         let db = self.db.clone();
         blocking(move || {
             let last_purged: Option<LogId> = Self::get_meta(&db, KEY_PURGED)?;
-            let last = match db.iterator_cf(cf(&db, CF_LOG), IteratorMode::End).next() {
+            let last_disk = match db.iterator_cf(cf(&db, CF_LOG), IteratorMode::End).next() {
                 None => None,
                 Some(item) => {
                     let (_, v) = item.map_err(read_err)?;
                     let e: Entry = codec::decode("log entry", &v).map_err(read_err)?;
                     Some(*e.get_log_id())
                 }
+            };
+            let last = match (last_pending, last_disk) {
+                (Some(p), Some(d)) => Some(if p.index >= d.index { p } else { d }),
+                (p, d) => p.or(d),
             };
             Ok(LogState {
                 last_purged_log_id: last_purged,
@@ -198,23 +326,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || Self::get_meta(&db, KEY_VOTE)).await
     }
 
+    /// Kept in memory only (openraft's default is to not keep it at all): persisting it would
+    /// cost a write per commit, and a restarted node re-learns the commit index from the
+    /// leader within one heartbeat.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<u64>> {
         if let Some(c) = committed {
             self.committed.store(c.index, Ordering::Relaxed);
         }
-        let db = self.db.clone();
-        let bytes = codec::encode("committed", &committed).map_err(write_err)?;
-        // Not synced: losing it only makes a restarted node re-learn the commit index.
-        blocking(move || {
-            db.put_cf(cf(&db, CF_RAFT), KEY_COMMITTED, bytes)
-                .map_err(write_err)
-        })
-        .await
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<u64>> {
-        let db = self.db.clone();
-        blocking(move || Ok(Self::get_meta::<Option<LogId>>(&db, KEY_COMMITTED)?.flatten())).await
+        Ok(())
     }
 
     async fn append<I>(
@@ -226,62 +345,49 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = WriteBatch::default();
-        for e in entries {
-            let bytes = codec::encode("log entry", &e).map_err(write_err)?;
-            batch.put_cf(cf(&self.db, CF_LOG), index_key(e.get_log_id().index), bytes);
+        let mut encoded = Vec::new();
+        {
+            let mut p = lock(&self.pending);
+            for e in entries {
+                let bytes = codec::encode("log entry", &e).map_err(write_err)?;
+                encoded.push((e.log_id.index, e.log_id, bytes));
+                p.insert(e.log_id.index, e);
+            }
         }
-        let db = self.db.clone();
-        let syncer = self.syncer.clone();
-        blocking(move || {
-            // Unsynced write: visible to readers now, durable at the syncer's next fsync.
-            if let Err(e) = db.write(batch) {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                return Err(write_err(e));
+        let op = Op::Append {
+            entries: encoded,
+            done: callback,
+        };
+        // Sending only blocks when the queue is full; do that off the async runtime.
+        match self.writer.try_send(op) {
+            Ok(()) => Ok(()),
+            Err(std::sync::mpsc::TrySendError::Full(op)) => {
+                let writer = self.writer.clone();
+                blocking(move || {
+                    writer
+                        .send(op)
+                        .map_err(|_| write_err(std::io::Error::other("log writer stopped")))
+                })
+                .await
             }
-            match syncer {
-                Some(tx) => tx
-                    .send(callback)
-                    .map_err(|_| write_err(std::io::Error::other("log sync thread stopped"))),
-                None => {
-                    callback.log_io_completed(Ok(()));
-                    Ok(())
-                }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                Err(write_err(std::io::Error::other("log writer stopped")))
             }
-        })
-        .await
+        }
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
-        let db = self.db.clone();
-        let opts = self.write_opts();
-        blocking(move || {
-            let mut batch = WriteBatch::default();
-            batch.delete_range_cf(
-                cf(&db, CF_LOG),
-                index_key(log_id.index),
-                index_key(u64::MAX),
-            );
-            batch.delete_cf(cf(&db, CF_LOG), index_key(u64::MAX));
-            db.write_opt(batch, &opts).map_err(write_err)
-        })
-        .await
+        lock(&self.pending).retain(|&i, _| i < log_id.index);
+        let from = log_id.index;
+        self.through_writer(move |done| Op::Truncate { from, done })
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
-        let db = self.db.clone();
-        let opts = self.write_opts();
-        let purged = codec::encode("purged", &log_id).map_err(write_err)?;
-        blocking(move || {
-            let mut batch = WriteBatch::default();
-            batch.put_cf(cf(&db, CF_RAFT), KEY_PURGED, purged);
-            batch.delete_range_cf(
-                cf(&db, CF_LOG),
-                index_key(0),
-                index_key(log_id.index.saturating_add(1)),
-            );
-            db.write_opt(batch, &opts).map_err(write_err)
-        })
-        .await
+        lock(&self.pending).retain(|&i, _| i > log_id.index);
+        let record = codec::encode("purged", &log_id).map_err(write_err)?;
+        let upto = log_id.index;
+        self.through_writer(move |done| Op::Purge { upto, record, done })
+            .await
     }
 }

@@ -167,3 +167,16 @@ async fn log_entries_survive_reopen_and_purge() {
     assert_eq!(got.first().unwrap().log_id.index, 6);
     assert_eq!(got.len(), 15);
 }
+
+/// Golden bytes of a persisted log entry: the log written by this release must stay readable.
+/// If this changes, add a new codec version instead of editing the constant.
+#[test]
+fn log_entry_encoding_golden_bytes() {
+    let e = normal(3, 7, "demo", "{}");
+    let bytes = flowctl_state::codec::encode("log entry", &e).unwrap();
+    const GOLDEN: &str = "\u{1}{\"log_id\":{\"leader_id\":{\"term\":3,\"node_id\":1},\"index\":7},\"payload\":{\"Normal\":{\"ApplyPipeline\":{\"name\":\"demo\",\"id_if_new\":\"pl-0000000000000007\",\"spec_yaml\":\"name: demo\\n\",\"canonical\":\"{}\",\"at_ms\":7000}}}}";
+    assert_eq!(String::from_utf8(bytes).unwrap(), GOLDEN);
+    let back: Entry<TypeConfig> =
+        flowctl_state::codec::decode("log entry", GOLDEN.as_bytes()).unwrap();
+    assert_eq!(back.log_id, e.log_id);
+}
