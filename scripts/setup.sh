@@ -5,7 +5,7 @@
 # flowctl's own protos are compiled by protox).
 set -euo pipefail
 
-packages=(clang libclang-dev librocksdb-dev protobuf-compiler)
+packages=(clang libclang-dev librocksdb-dev protobuf-compiler curl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
