@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "flowctl/internal/v1/raft.proto",
         "flowctl/admin/v1/admin.proto",
+        "flowctl/control_plane.proto",
+        "flowctl/v1/control_plane.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

@@ -11,6 +11,16 @@ pub mod internal {
     }
 }
 
+/// The original Go control plane's legacy API (package `flowctl`), wire-compatible.
+pub mod legacy {
+    tonic::include_proto!("flowctl");
+}
+
+/// The original Go control plane's current API (package `flowctl.v1`), wire-compatible.
+pub mod v1 {
+    tonic::include_proto!("flowctl.v1");
+}
+
 pub mod admin {
     pub mod v1 {
         tonic::include_proto!("flowctl.admin.v1");
