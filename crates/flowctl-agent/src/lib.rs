@@ -1,0 +1,1 @@
+//! The component-side SDK (in progress).
