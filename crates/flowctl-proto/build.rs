@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let files = [
         "flowctl/internal/v1/raft.proto",
+        "flowctl/internal/v1/liveness.proto",
         "flowctl/admin/v1/admin.proto",
         "flowctl/control_plane.proto",
         "flowctl/v1/control_plane.proto",

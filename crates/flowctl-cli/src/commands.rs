@@ -351,6 +351,171 @@ pub async fn cluster_transfer(g: &Global, node_id: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Filters of `flowctl list` / `get components`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ComponentFilter {
+    /// Only this type: source, processor, sink or pipeline.
+    #[arg(long = "type")]
+    pub kind: Option<String>,
+    /// Only this status: healthy or unhealthy.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only components of this pipeline.
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// Print again every 2 seconds until interrupted.
+    #[arg(long, short = 'w')]
+    pub watch: bool,
+}
+
+fn components_client(
+    ch: Channel,
+) -> flowctl_client::proto::admin::v1::component_service_client::ComponentServiceClient<Channel> {
+    flowctl_client::proto::admin::v1::component_service_client::ComponentServiceClient::new(ch)
+        .max_decoding_message_size(MAX_REPLY_BYTES)
+}
+
+fn component_json(c: &pb::Component) -> Value {
+    let sorted = |m: &std::collections::HashMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "type": c.r#type,
+        "pipeline": c.pipeline,
+        "status": c.status,
+        "reported_status": c.reported_status,
+        "last_heartbeat": c.last_heartbeat.as_ref().map(|_| rfc3339(ts_ms(&c.last_heartbeat))),
+        "metrics": sorted(&c.metrics),
+        "input_event_types": c.input_event_types,
+        "output_event_types": c.output_event_types,
+        "endpoint": if c.endpoint.is_empty() { &c.health_endpoint } else { &c.endpoint },
+        "metadata": sorted(&c.metadata),
+        "registered_at": rfc3339(ts_ms(&c.registered_at)),
+        "api": c.api,
+        "version": c.version,
+    })
+}
+
+fn component_rows(cs: &[pb::Component], wide: bool) -> Vec<Vec<String>> {
+    let now = now_ms();
+    let mut header = vec![
+        "ID",
+        "TYPE",
+        "PIPELINE",
+        "STATUS",
+        "LAST HEARTBEAT",
+        "ENDPOINT",
+        "INPUT",
+        "OUTPUT",
+    ];
+    if wide {
+        header.extend(["API", "VERSION", "REGISTERED"]);
+    }
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    for c in cs {
+        let status = if c.reported_status.is_empty() || c.status == "unhealthy" {
+            c.status.clone()
+        } else {
+            format!("{} ({})", c.status, c.reported_status.to_lowercase())
+        };
+        let mut r = vec![
+            c.id.clone(),
+            c.r#type.clone(),
+            dash(&c.pipeline),
+            status,
+            c.last_heartbeat
+                .as_ref()
+                .map(|_| format!("{} ago", age(ts_ms(&c.last_heartbeat), now)))
+                .unwrap_or_else(|| "-".into()),
+            dash(if c.endpoint.is_empty() {
+                &c.health_endpoint
+            } else {
+                &c.endpoint
+            }),
+            dash(&c.input_event_types.join(",")),
+            dash(&c.output_event_types.join(",")),
+        ];
+        if wide {
+            r.extend([
+                c.api.clone(),
+                dash(&c.version),
+                rfc3339(ts_ms(&c.registered_at)),
+            ]);
+        }
+        rows.push(r);
+    }
+    rows
+}
+
+pub async fn list_components(g: &Global, f: &ComponentFilter) -> anyhow::Result<()> {
+    if let Some(t) = &f.kind {
+        if !["source", "processor", "sink", "pipeline", "unspecified"].contains(&t.as_str()) {
+            anyhow::bail!("--type {t:?} must be one of source, processor, sink, pipeline");
+        }
+    }
+    if let Some(s) = &f.status {
+        if !["healthy", "unhealthy"].contains(&s.as_str()) {
+            anyhow::bail!("--status {s:?} must be healthy or unhealthy");
+        }
+    }
+    let c = client(g)?;
+    loop {
+        let req = pb::ListComponentsRequest {
+            consistency: consistency(g),
+        };
+        let resp = c
+            .call(|ch| async move { components_client(ch).list_components(req).await })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        note_stale(g, &resp.meta);
+        let shown: Vec<pb::Component> = resp
+            .components
+            .into_iter()
+            .filter(|x| f.kind.as_ref().is_none_or(|k| &x.r#type == k))
+            .filter(|x| f.status.as_ref().is_none_or(|s| &x.status == s))
+            .filter(|x| f.pipeline.as_ref().is_none_or(|p| &x.pipeline == p))
+            .collect();
+        let v = Value::Array(shown.iter().map(component_json).collect());
+        print(g.output, &v, |wide| component_rows(&shown, wide))?;
+        if !f.watch {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!();
+    }
+}
+
+pub async fn describe_component(g: &Global, id: &str) -> anyhow::Result<()> {
+    let c = client(g)?;
+    let req = pb::GetComponentRequest { id: id.to_owned() };
+    let comp = c
+        .call(|ch| {
+            let req = req.clone();
+            async move { components_client(ch).get_component(req).await }
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let v = component_json(&comp);
+    match g.output {
+        Format::Table | Format::Wide => print!("{}", serde_saphyr::to_string(&v)?),
+        f => print(f, &v, |_| vec![])?,
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,6 +61,13 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: String,
     },
+    /// Registered components and their health (same as `get components`).
+    List(commands::ComponentFilter),
+    /// Show one component in detail.
+    Describe {
+        #[command(subcommand)]
+        what: DescribeWhat,
+    },
     /// Show resources.
     Get {
         #[command(subcommand)]
@@ -85,6 +92,14 @@ enum GetWhat {
     Pipelines,
     /// One pipeline by name.
     Pipeline { name: String },
+    /// Registered components and their health.
+    Components(commands::ComponentFilter),
+}
+
+#[derive(Subcommand, Debug)]
+enum DescribeWhat {
+    /// One component by id.
+    Component { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -127,6 +142,13 @@ fn main() -> ExitCode {
             Command::Get {
                 what: GetWhat::Pipeline { name },
             } => commands::get_pipeline(&cli.global, &name).await,
+            Command::Get {
+                what: GetWhat::Components(f),
+            }
+            | Command::List(f) => commands::list_components(&cli.global, &f).await,
+            Command::Describe {
+                what: DescribeWhat::Component { id },
+            } => commands::describe_component(&cli.global, &id).await,
             Command::Delete {
                 what: DeleteWhat::Pipeline { name },
             } => commands::delete_pipeline(&cli.global, &name).await,

@@ -41,6 +41,12 @@ pub struct ServerArgs {
     /// Seconds a new node keeps trying its --join addresses before it gives up.
     #[arg(long, default_value_t = 30)]
     join_timeout: u64,
+    /// Mark a component unhealthy after this many seconds without a heartbeat.
+    #[arg(long, default_value_t = 30.0)]
+    heartbeat_ttl: f64,
+    /// Unregister a component after this many hours without a heartbeat (0 = never).
+    #[arg(long, default_value_t = 24.0)]
+    component_expiry: f64,
     /// Build a snapshot and purge the log every this many applied entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_threshold: u64,
@@ -60,6 +66,13 @@ fn resolve(addr: &str, what: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{what} {addr:?} is not a valid HOST:PORT"))?
         .next()
         .with_context(|| format!("{what} {addr:?} does not resolve"))
+}
+
+fn seconds(flag: &str, v: f64) -> anyhow::Result<std::time::Duration> {
+    if !v.is_finite() || v <= 0.0 {
+        anyhow::bail!("{flag} must be a positive number, got {v}");
+    }
+    Ok(std::time::Duration::from_secs_f64(v))
 }
 
 fn default_data_dir() -> PathBuf {
@@ -118,6 +131,12 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<()> {
         node_id: a.node_id,
         max_request_bytes: a.max_request_bytes,
         join_timeout: std::time::Duration::from_secs(a.join_timeout),
+        heartbeat_ttl: seconds("--heartbeat-ttl", a.heartbeat_ttl)?,
+        component_expiry: if a.component_expiry == 0.0 {
+            None
+        } else {
+            Some(seconds("--component-expiry", a.component_expiry * 3600.0)?)
+        },
         raft: flowctl_raft::RaftOptions {
             snapshot_threshold: a.snapshot_threshold,
             keep_logs_after_snapshot: a.snapshot_keep_logs,

@@ -27,6 +27,10 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// How long a fresh node keeps trying its `--join` addresses.
     pub join_timeout: std::time::Duration,
+    /// A component without heartbeats for this long is marked unhealthy.
+    pub heartbeat_ttl: std::time::Duration,
+    /// A component without heartbeats for this long is unregistered; `None` never.
+    pub component_expiry: Option<std::time::Duration>,
     pub raft: RaftOptions,
 }
 

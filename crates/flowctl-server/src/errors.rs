@@ -12,6 +12,8 @@ pub enum ServiceError {
     BadArgument(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Overloaded(String),
     #[error(transparent)]
     Raft(#[from] flowctl_raft::Error),
     /// The state machine returned an outcome this request did not expect: a bug.
@@ -54,6 +56,7 @@ impl From<ServiceError> for tonic::Status {
             }
             ServiceError::BadArgument(m) => tonic::Status::invalid_argument(m),
             ServiceError::NotFound(m) => tonic::Status::not_found(m),
+            ServiceError::Overloaded(m) => tonic::Status::resource_exhausted(m),
             ServiceError::Raft(r) => flowctl_raft::error_to_status(&r),
             ServiceError::Unexpected(m) => {
                 tracing::error!(error = %m, "unexpected state machine outcome");

@@ -17,12 +17,15 @@
 
 pub mod api;
 pub mod cluster;
+pub mod components;
 pub mod config;
 pub mod errors;
 mod grpc_metrics;
 mod http;
+pub mod liveness;
 pub mod node_meta;
 pub mod pipelines;
+pub mod wire;
 
 pub use config::ServerConfig;
 
@@ -88,13 +91,26 @@ pub async fn run(
     let loops = CancellationToken::new();
     let grpc_stop = CancellationToken::new();
 
+    let live = liveness::start(
+        node.clone(),
+        liveness::LivenessOptions {
+            ttl: cfg.heartbeat_ttl,
+            expiry: cfg.component_expiry,
+            sweep: (cfg.heartbeat_ttl / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(1)),
+            clock: liveness::system_clock(),
+        },
+        loops.clone(),
+        &tracker,
+    );
+
     // gRPC first: a joining node must already answer the leader's AppendEntries.
     let grpc = {
         let node = node.clone();
         let cluster_id = cluster_id.clone();
         let stop = grpc_stop.clone();
         let max = cfg.max_request_bytes;
-        tracker.spawn(async move { serve_grpc(listener, node, cluster_id, max, stop).await })
+        tracker.spawn(async move { serve_grpc(listener, node, live, cluster_id, max, stop).await })
     };
     if let Some(l) = metrics_listener {
         let node = node.clone();
@@ -163,6 +179,7 @@ pub async fn run(
 async fn serve_grpc(
     listener: TcpListener,
     node: RaftNode,
+    live: liveness::LivenessHandle,
     cluster_id: Arc<RwLock<String>>,
     max_request_bytes: usize,
     stop: CancellationToken,
@@ -171,12 +188,33 @@ async fn serve_grpc(
         node: node.clone(),
         cluster_id: cluster_id.clone(),
     };
-    let internal = RaftServiceServer::new(InternalService::new(node, cluster_id))
+    let internal = RaftServiceServer::new(InternalService::new(node.clone(), cluster_id))
         .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
     let pipelines =
         PipelineServiceServer::new(api.clone()).max_decoding_message_size(max_request_bytes);
     let clusters = ClusterServiceServer::new(api).max_decoding_message_size(max_request_bytes);
+    let apis = wire::ComponentApis {
+        node: node.clone(),
+        live: live.clone(),
+    };
+    let legacy_api =
+        flowctl_proto::legacy::control_plane_server::ControlPlaneServer::new(apis.clone())
+            .max_decoding_message_size(max_request_bytes);
+    let v1_api = flowctl_proto::v1::control_plane_service_server::ControlPlaneServiceServer::new(
+        apis.clone(),
+    )
+    .max_decoding_message_size(max_request_bytes);
+    let components_api =
+        flowctl_proto::admin::v1::component_service_server::ComponentServiceServer::new(apis)
+            .max_decoding_message_size(max_request_bytes)
+            .max_encoding_message_size(64 * 1024 * 1024);
+    let liveness_internal =
+        flowctl_proto::internal::v1::liveness_service_server::LivenessServiceServer::new(
+            liveness::LivenessService { handle: live },
+        )
+        .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<PipelineServiceServer<api::Api>>()
@@ -199,6 +237,10 @@ async fn serve_grpc(
         .add_service(internal)
         .add_service(pipelines)
         .add_service(clusters)
+        .add_service(legacy_api)
+        .add_service(v1_api)
+        .add_service(components_api)
+        .add_service(liveness_internal)
         .add_service(health)
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, stop.cancelled())

@@ -111,8 +111,15 @@ mod tests {
         s.removed_nodes.insert(crate::NodeId(9));
         let bytes = encode_state(&s).unwrap();
         let golden = "\u{1}{\"pipelines\":{\"demo\":{\"name\":\"demo\",\"id\":\"pl-0000000000abcdef\",\"generation\":1,\"spec_yaml\":\"kind: Pipeline\\n\",\"canonical\":\"{\\\"kind\\\":\\\"Pipeline\\\"}\",\"created_at_ms\":1700000000000,\"updated_at_ms\":1700000000000,\"revision\":3}},\"removed_nodes\":[9]}";
-        assert_eq!(String::from_utf8(bytes).unwrap(), golden);
+        // State written before the component registry existed still decodes (the field
+        // defaults to empty); state written now carries the registry.
         assert_eq!(decode_state(golden.as_bytes()).unwrap(), s);
+        let golden_with_components = golden.replace(
+            "\"removed_nodes\":[9]}",
+            "\"removed_nodes\":[9],\"components\":{}}",
+        );
+        assert_eq!(String::from_utf8(bytes).unwrap(), golden_with_components);
+        assert_eq!(decode_state(golden_with_components.as_bytes()).unwrap(), s);
     }
 
     #[test]

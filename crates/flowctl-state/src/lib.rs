@@ -12,12 +12,14 @@
 //! - Every persisted encoding starts with a version byte (see [`codec`]).
 
 pub mod codec;
+pub mod components;
 pub mod ids;
 pub mod pipelines;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use components::{ComponentId, ComponentRecord};
 pub use ids::{NodeId, PipelineId};
 pub use pipelines::{ApplyResult, PipelineRecord};
 
@@ -30,6 +32,12 @@ pub enum Command {
     DeletePipeline(pipelines::DeletePipeline),
     /// Record that a node left the cluster, so that its id is never admitted again.
     RecordNodeRemoved { node_id: NodeId },
+    /// Register (or re-register) a component.
+    RegisterComponent(components::Register),
+    /// Remove a component (unregistered by itself, or expired by the leader).
+    UnregisterComponent(components::Unregister),
+    /// A liveness transition decided by the leader.
+    SetComponentHealth(components::SetHealth),
     /// Several commands proposed together as one log entry (the leader batches concurrent
     /// proposals). They apply in order; each gets its own outcome.
     Batch(Vec<Command>),
@@ -59,6 +67,18 @@ pub enum Outcome {
     NodeRemoved {
         node_id: NodeId,
     },
+    Component {
+        record: ComponentRecord,
+        created: bool,
+    },
+    ComponentRemoved {
+        id: ComponentId,
+    },
+    HealthChanged {
+        id: ComponentId,
+        healthy: bool,
+    },
+    HealthUnchanged,
     Rejected(Rejection),
     /// The outcomes of a [`Command::Batch`], in order.
     Batch(Vec<Outcome>),
@@ -69,6 +89,7 @@ pub enum Outcome {
 pub enum Touched {
     Pipeline(String),
     RemovedNode(NodeId),
+    Component(ComponentId),
 }
 
 /// The whole replicated application state.
@@ -76,6 +97,8 @@ pub enum Touched {
 pub struct State {
     pub pipelines: BTreeMap<String, PipelineRecord>,
     pub removed_nodes: BTreeSet<NodeId>,
+    #[serde(default)]
+    pub components: BTreeMap<ComponentId, ComponentRecord>,
     /// Index of pipeline ids to names: derived from `pipelines`, never persisted. `apply`
     /// rebuilds it when it is out of step (after decoding or loading from disk).
     #[serde(skip)]
@@ -85,7 +108,9 @@ pub struct State {
 /// Equality of the replicated content; derived indexes do not take part.
 impl PartialEq for State {
     fn eq(&self, other: &Self) -> bool {
-        self.pipelines == other.pipelines && self.removed_nodes == other.removed_nodes
+        self.pipelines == other.pipelines
+            && self.removed_nodes == other.removed_nodes
+            && self.components == other.components
     }
 }
 
@@ -96,6 +121,9 @@ pub fn apply(state: &mut State, index: u64, cmd: &Command) -> (Outcome, Vec<Touc
     match cmd {
         Command::ApplyPipeline(c) => pipelines::apply_pipeline(state, index, c),
         Command::DeletePipeline(c) => pipelines::delete_pipeline(state, c),
+        Command::RegisterComponent(c) => components::register(state, index, c),
+        Command::UnregisterComponent(c) => components::unregister(state, c),
+        Command::SetComponentHealth(c) => components::set_health(state, index, c),
         Command::Batch(cmds) => {
             let mut outcomes = Vec::with_capacity(cmds.len());
             let mut touched = Vec::new();

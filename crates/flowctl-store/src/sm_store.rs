@@ -4,7 +4,7 @@
 use crate::{
     blocking, cf, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig, CF_SM, CF_SM_META,
 };
-use flowctl_state::{codec, NodeId, Outcome, State, Touched};
+use flowctl_state::{codec, ComponentId, ComponentRecord, NodeId, Outcome, State, Touched};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError};
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
@@ -20,6 +20,7 @@ const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const PIPELINE_PREFIX: &str = "p/";
 const REMOVED_PREFIX: &str = "r/";
+const COMPONENT_PREFIX: &str = "c/";
 
 /// What has been applied, as openraft sees it.
 #[derive(Debug, Clone, Default)]
@@ -86,6 +87,10 @@ fn pipeline_key(name: &str) -> Vec<u8> {
     format!("{PIPELINE_PREFIX}{name}").into_bytes()
 }
 
+fn component_key(id: &ComponentId) -> Vec<u8> {
+    format!("{COMPONENT_PREFIX}{}", id.0).into_bytes()
+}
+
 fn removed_key(id: NodeId) -> Vec<u8> {
     format!("{REMOVED_PREFIX}{}", id.0).into_bytes()
 }
@@ -99,6 +104,10 @@ impl StateMachineStore {
             if let Some(name) = key.strip_prefix(PIPELINE_PREFIX) {
                 let rec = codec::decode_pipeline(&v).map_err(sm_read)?;
                 inner.state.pipelines.insert(name.to_owned(), rec);
+            } else if key.starts_with(COMPONENT_PREFIX) {
+                let rec: ComponentRecord =
+                    codec::decode("component record", &v).map_err(sm_read)?;
+                inner.state.components.insert(rec.spec.id.clone(), rec);
             } else if key.starts_with(REMOVED_PREFIX) {
                 let id: NodeId = codec::decode("removed node", &v).map_err(sm_read)?;
                 inner.state.removed_nodes.insert(id);
@@ -227,6 +236,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         ),
                         None => batch.delete_cf(sm, pipeline_key(&name)),
                     },
+                    Touched::Component(id) => match g.state.components.get(&id) {
+                        Some(rec) => batch.put_cf(
+                            sm,
+                            component_key(&id),
+                            codec::encode("component record", rec).map_err(sm_write)?,
+                        ),
+                        None => batch.delete_cf(sm, component_key(&id)),
+                    },
                     Touched::RemovedNode(id) => batch.put_cf(
                         sm,
                         removed_key(id),
@@ -320,6 +337,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     sm,
                     pipeline_key(name),
                     codec::encode_pipeline(rec).map_err(sm_write)?,
+                );
+            }
+            for (id, rec) in &state2.components {
+                batch.put_cf(
+                    sm,
+                    component_key(id),
+                    codec::encode("component record", rec).map_err(sm_write)?,
                 );
             }
             for id in &state2.removed_nodes {

@@ -1,0 +1,385 @@
+//! The component registry and liveness against real 3-node clusters, through clients
+//! generated from our copies of the original control plane's `.proto` files.
+
+#![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is the failure report.
+
+use flowctl_client::proto::legacy;
+use flowctl_client::proto::legacy::control_plane_client::ControlPlaneClient;
+use flowctl_client::proto::v1;
+use flowctl_client::proto::v1::control_plane_service_client::ControlPlaneServiceClient;
+use flowctl_client::Client;
+use flowctl_testkit::{http_get, wait_until, Cluster, ClusterOptions};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+fn ttl_cluster(ttl_secs: &str) -> Cluster {
+    Cluster::start(
+        3,
+        ClusterOptions {
+            extra_args: vec!["--heartbeat-ttl".into(), ttl_secs.into()],
+        },
+    )
+    .unwrap()
+}
+
+async fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn info(id: &str) -> v1::ComponentInfo {
+    v1::ComponentInfo {
+        id: id.into(),
+        name: "ttp-processor".into(),
+        description: "token transfers".into(),
+        version: "1.2.3".into(),
+        r#type: v1::ComponentType::Processor as i32,
+        input_event_types: vec!["stellar.ledger.v1.LedgerCloseMeta".into()],
+        output_event_types: vec!["token_transfer.v1.TokenTransferEvent".into()],
+        endpoint: "127.0.0.1:50051".into(),
+        metadata: HashMap::from([("pipeline".into(), "stellar-token-pipeline".into())]),
+    }
+}
+
+fn status_of(c: &Cluster, node: usize, id: &str) -> serde_json::Value {
+    let list = c.json(node, &["list"]).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == id)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn v1_api_registers_heartbeats_lists_and_tracks_liveness_across_nodes() {
+    let c = ttl_cluster("2");
+    let leader = c.leader_index().unwrap();
+    let f1 = (leader + 1) % 3;
+    let f2 = (leader + 2) % 3;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Register through a follower; FLOWCTL_COMPONENT_ID wins over component.id.
+        let mut reg = ControlPlaneServiceClient::new(channel(&c.nodes[f1].addr).await);
+        let resp = reg
+            .register_component(v1::RegisterRequest {
+                component: Some(info("ignored-id")),
+                component_id: "ttp-processor".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.service_id, "ttp-processor");
+        let eps = resp.connection_info.get("control_plane_endpoints").unwrap();
+        for n in &c.nodes {
+            assert!(eps.contains(&n.addr), "{eps}");
+        }
+        // Re-registering is idempotent: still one record.
+        reg.register_component(v1::RegisterRequest {
+            component: Some(info("ttp-processor")),
+            component_id: String::new(),
+        })
+        .await
+        .unwrap();
+
+        // Heartbeat to another node, with UNKNOWN status as the Go SDK sends.
+        let mut hb = ControlPlaneServiceClient::new(channel(&c.nodes[leader].addr).await);
+        hb.heartbeat(v1::HeartbeatRequest {
+            service_id: "ttp-processor".into(),
+            status: v1::HealthStatus::Unknown as i32,
+            metrics: HashMap::from([("events_processed".into(), "42".into())]),
+        })
+        .await
+        .unwrap();
+
+        // List from the third node: healthy, a recent heartbeat, metrics present.
+        let mut third = ControlPlaneServiceClient::new(channel(&c.nodes[f2].addr).await);
+        let mut seen = None;
+        for _ in 0..50 {
+            let list = third
+                .list_components(v1::ListComponentsRequest {
+                    type_filter: 0,
+                    include_unhealthy: true,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(list.components.len(), 1);
+            let s = list.components[0].clone();
+            if s.metrics.contains_key("events_processed") {
+                seen = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let s = seen.expect("the relayed heartbeat reached the leader's view");
+        assert_eq!(s.status, v1::HealthStatus::Healthy as i32);
+        assert!(s.last_heartbeat.is_some());
+        assert!(s.registered_at.is_some());
+        assert_eq!(s.component.unwrap().version, "1.2.3");
+
+        // Heartbeat for an unknown id: NOT_FOUND.
+        let err = hb
+            .heartbeat(v1::HeartbeatRequest {
+                service_id: "nobody".into(),
+                status: 0,
+                metrics: HashMap::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+    });
+
+    // Stop heartbeating: unhealthy within TTL plus a sweep (checked with slack).
+    wait_until(Duration::from_secs(10), || {
+        status_of(&c, f2, "ttp-processor")["status"] == "unhealthy"
+    })
+    .unwrap();
+    let row = status_of(&c, f1, "ttp-processor");
+    assert_eq!(row["pipeline"], "stellar-token-pipeline");
+    assert_eq!(row["metrics"]["events_processed"], "42");
+
+    rt.block_on(async {
+        let mut hb = ControlPlaneServiceClient::new(channel(&c.nodes[f1].addr).await);
+        hb.heartbeat(v1::HeartbeatRequest {
+            service_id: "ttp-processor".into(),
+            status: v1::HealthStatus::Unknown as i32,
+            metrics: HashMap::new(),
+        })
+        .await
+        .unwrap();
+    });
+    // Resume: healthy again.
+    wait_until(Duration::from_secs(10), || {
+        status_of(&c, leader, "ttp-processor")["status"] == "healthy"
+    })
+    .unwrap();
+
+    rt.block_on(async {
+        let mut api = ControlPlaneServiceClient::new(channel(&c.nodes[f2].addr).await);
+        api.unregister_component(v1::UnregisterRequest {
+            service_id: "ttp-processor".into(),
+        })
+        .await
+        .unwrap();
+        let list = api
+            .list_components(v1::ListComponentsRequest {
+                type_filter: 0,
+                include_unhealthy: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(list.components.is_empty());
+    });
+    let out = c
+        .flowctl(0, &["describe", "component", "ttp-processor"])
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn legacy_api_fills_status_fields_and_lists_services() {
+    let c = ttl_cluster("2");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut a = ControlPlaneClient::new(channel(&c.nodes[1].addr).await);
+        let ack = a
+            .register(legacy::ServiceInfo {
+                service_id: "stellar-live-source".into(),
+                service_type: legacy::ServiceType::Source as i32,
+                input_event_types: vec![],
+                output_event_types: vec!["stellar.ledger.v1.LedgerCloseMeta".into()],
+                health_endpoint: "http://127.0.0.1:8088/health".into(),
+                max_inflight: 10,
+                metadata: HashMap::new(),
+                component_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ack.service_id, "stellar-live-source");
+        let mut b = ControlPlaneClient::new(channel(&c.nodes[2].addr).await);
+        b.heartbeat(legacy::ServiceHeartbeat {
+            service_id: "stellar-live-source".into(),
+            timestamp: None,
+            metrics: HashMap::from([("ledgers".into(), 7.0)]),
+        })
+        .await
+        .unwrap();
+        let mut z = ControlPlaneClient::new(channel(&c.nodes[0].addr).await);
+        let mut ok = false;
+        for _ in 0..50 {
+            let list = z.list_services(()).await.unwrap().into_inner();
+            assert_eq!(list.services.len(), 1);
+            let s = &list.services[0];
+            if s.metrics.get("ledgers") == Some(&7.0) {
+                assert!(s.is_healthy);
+                assert!(s.last_heartbeat.is_some());
+                assert_eq!(s.service_type, legacy::ServiceType::Source as i32);
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ok, "ListServices never showed the heartbeat's metrics");
+        let st = z
+            .get_service_status(legacy::ServiceInfo {
+                service_id: "stellar-live-source".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(st.is_healthy);
+        let err = z
+            .heartbeat(legacy::ServiceHeartbeat {
+                service_id: "ghost".into(),
+                timestamp: None,
+                metrics: HashMap::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+    });
+    let out = c.flowctl(0, &["list", "--type", "source"]).unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("stellar-live-source") && table.contains("LAST HEARTBEAT"),
+        "{table}"
+    );
+}
+
+/// Heartbeats `n` components every `every` through a failover client until `stop`.
+fn heartbeaters(
+    endpoints: Vec<String>,
+    ids: Vec<String>,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = Arc::new(Client::new(&endpoints, Duration::from_secs(5)).unwrap());
+            let mut tasks = Vec::new();
+            for (i, id) in ids.into_iter().enumerate() {
+                let client = client.clone();
+                let stop = stop.clone();
+                tasks.push(tokio::spawn(async move {
+                    // Spread the components over the interval.
+                    tokio::time::sleep(every.mul_f64((i % 100) as f64 / 100.0)).await;
+                    while !stop.load(Ordering::Relaxed) {
+                        let req = v1::HeartbeatRequest {
+                            service_id: id.clone(),
+                            status: 0,
+                            metrics: HashMap::new(),
+                        };
+                        let _ =
+                            client
+                                .call(|ch| {
+                                    let req = req.clone();
+                                    async move {
+                                        ControlPlaneServiceClient::new(ch).heartbeat(req).await
+                                    }
+                                })
+                                .await;
+                        tokio::time::sleep(every).await;
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+    })
+}
+
+fn register_many(c: &Cluster, ids: &[String]) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut api = ControlPlaneServiceClient::new(channel(&c.nodes[0].addr).await);
+        for id in ids {
+            api.register_component(v1::RegisterRequest {
+                component: Some(info(id)),
+                component_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        }
+    });
+}
+
+#[test]
+fn leader_sigkill_while_components_heartbeat_raises_no_false_alarm() {
+    let mut c = ttl_cluster("3");
+    let ids: Vec<String> = (0..100).map(|i| format!("comp-{i}")).collect();
+    register_many(&c, &ids);
+    let stop = Arc::new(AtomicBool::new(false));
+    let eps: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
+    let h = heartbeaters(eps, ids.clone(), Duration::from_millis(500), stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    let leader = c.leader_index().unwrap();
+    c.kill(leader);
+    let survivor = (leader + 1) % 3;
+    // Over the next TTL and a half, nobody is ever reported unhealthy.
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    let mut checks = 0;
+    while std::time::Instant::now() < until {
+        if let Ok(list) = c.json(survivor, &["list", "--timeout", "5"]) {
+            let bad: Vec<_> = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|x| x["status"] != "healthy")
+                .map(|x| x["id"].clone())
+                .collect();
+            assert!(bad.is_empty(), "reported unhealthy after failover: {bad:?}");
+            checks += 1;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    assert!(checks > 5, "too few successful checks: {checks}");
+}
+
+fn commit_index(c: &Cluster, node: usize) -> u64 {
+    let (_, body) = http_get(&c.nodes[node].metrics_addr, "/metrics").unwrap();
+    body.lines()
+        .find(|l| l.starts_with("flowctl_raft_commit_index "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap() as u64
+}
+
+#[test]
+fn steady_heartbeats_do_not_grow_the_raft_log() {
+    let c = ttl_cluster("5");
+    let ids: Vec<String> = (0..1000).map(|i| format!("steady-{i}")).collect();
+    register_many(&c, &ids);
+    let stop = Arc::new(AtomicBool::new(false));
+    let eps: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
+    let h = heartbeaters(eps, ids, Duration::from_secs(1), stop.clone());
+    // Let the registrations settle and the metrics refresh.
+    std::thread::sleep(Duration::from_secs(2));
+    let leader = c.leader_index().unwrap();
+    let before = commit_index(&c, leader);
+    std::thread::sleep(Duration::from_secs(10));
+    let after = commit_index(&c, leader);
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    assert_eq!(before, after, "heartbeats must not be written to the log");
+    let (_, body) = http_get(&c.nodes[leader].metrics_addr, "/metrics").unwrap();
+    assert!(body.contains("flowctl_liveness_heartbeats_total"));
+}
