@@ -1,1 +1,131 @@
-//! The component-side SDK (in progress).
+//! The component-side SDK of flowctl: what a source, processor or consumer links to so that the
+//! control plane knows it exists and how it is doing.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), flowctl_agent::Error> {
+//! use flowctl_agent::{Agent, AgentConfig, CancellationToken, ComponentDescription, HealthStatus};
+//!
+//! let config = AgentConfig::from_env()?; // ENABLE_FLOWCTL, FLOWCTL_ENDPOINT, ...
+//! let component = ComponentDescription::processor("ttp-processor")
+//!     .with_input_event_type("stellar.ledger.v1.LedgerCloseMeta")
+//!     .with_output_event_type("token_transfer.v1.TokenTransferEvent");
+//! let agent = Agent::start(config, component, CancellationToken::new()).await?;
+//! agent.set_health(HealthStatus::Healthy);
+//! agent.counter("events_processed").add(1);
+//! agent.shutdown().await; // unregisters
+//! # Ok(()) }
+//! ```
+//!
+//! What it does: reads its configuration from the environment the deployer sets
+//! ([`AgentConfig::from_env`]); registers with any node of a flowctl cluster, retrying with
+//! backoff and jitter and failing over across endpoints; heartbeats on a jittered interval with
+//! the component's health and counters; registers again when the control plane answers a
+//! heartbeat with `NOT_FOUND`; unregisters on shutdown; and serves `/health` (JSON) and
+//! `/metrics` (Prometheus text) over HTTP. It speaks both wire-compatible APIs of the original
+//! Go flowctl: `flowctl.v1.ControlPlaneService` (default) and the legacy `flowctl.ControlPlane`
+//! (`FLOWCTL_API=legacy`).
+//!
+//! What it is not: a data-plane client (it moves no events), a metrics library for the whole
+//! process (its registry holds the component's own counters; it installs no global recorder),
+//! or a supervisor (it never exits or restarts the component).
+//!
+//! Invariants:
+//! - The control plane being down never stops the component: [`Agent::start`] returns once the
+//!   health server listens, and registration keeps retrying in the background.
+//! - Every control-plane call is bounded by `request_timeout`; every retry loop backs off with
+//!   jitter; health changes bring a heartbeat forward, but at most once per
+//!   [`MIN_HEARTBEAT_GAP`].
+//! - Background work is two tasks owned by a `TaskTracker` under the caller's
+//!   `CancellationToken`; [`AgentHandle::shutdown`] returns only after both ended, and there is
+//!   no queue in the agent, so nothing grows without bound (the metric registry is capped at
+//!   [`MAX_METRICS`] names).
+//! - A re-registration asks for the same service id as the first one, so the component keeps
+//!   its identity across a control-plane restart.
+
+mod agent;
+mod component;
+mod config;
+mod control_plane;
+mod http;
+mod metrics;
+
+pub use agent::{
+    Agent, AgentHandle, FIRST_REGISTER_BACKOFF, HEARTBEAT_JITTER, MAX_REGISTER_BACKOFF,
+    MIN_HEARTBEAT_GAP,
+};
+pub use component::{ComponentDescription, ComponentKind, HealthStatus};
+pub use config::{
+    parse_go_duration, AgentConfig, Api, ComponentId, EnvProblem, DEFAULT_ENDPOINT,
+    DEFAULT_HEALTH_HOST, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_REQUEST_TIMEOUT, ENV_API,
+    ENV_COMPONENT_ID, ENV_ENABLE, ENV_ENDPOINT, ENV_HEALTH_HOST, ENV_HEALTH_PORT,
+    ENV_HEARTBEAT_INTERVAL, ENV_HEARTBEAT_INTERVAL_MS, ENV_REQUEST_TIMEOUT, ENV_VARS,
+};
+pub use control_plane::{Registration, ServiceId, HEALTH_ENDPOINT_METADATA_KEY};
+pub use http::HTTP_SHUTDOWN_GRACE;
+pub use metrics::{sanitize as sanitize_metric_name, Counter, Gauge, MAX_METRICS};
+pub use tokio_util::sync::CancellationToken;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Errors of the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// One or more environment variables have bad values; each problem names its variable.
+    #[error("invalid agent environment: {}", join(problems))]
+    Config { problems: Vec<EnvProblem> },
+    #[error("invalid control-plane endpoint list")]
+    Endpoints(#[source] flowctl_client::Error),
+    #[error("cannot bind the health server to {addr}")]
+    BindHealth {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Registration was asked for, but `ENABLE_FLOWCTL` is not `true`.
+    #[error("the flowctl control plane is disabled (ENABLE_FLOWCTL is not true)")]
+    Disabled,
+    #[error("not registered with the control plane within {waited:?}")]
+    NotRegistered { waited: Duration },
+    #[error("the agent has stopped")]
+    Stopped,
+}
+
+fn join(problems: &[EnvProblem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C): what a component waits on to shut down gracefully.
+/// If the signal handlers cannot be installed it logs why and never resolves, since a
+/// component that cannot be stopped gracefully can still be killed.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received Ctrl-C; shutting down"),
+        () = term => tracing::info!("received SIGTERM; shutting down"),
+    }
+}

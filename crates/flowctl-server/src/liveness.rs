@@ -296,18 +296,16 @@ async fn run_actor(
                     tracing::info!("leading: every component gets one full TTL before it may be marked unhealthy");
                     now
                 });
-                let (registry, _) = node.read_stale(|s| s.components.clone());
-                // Forget components that are no longer registered.
-                live.retain(|id, _| registry.contains_key(id));
-                metrics::gauge!("flowctl_liveness_components").set(registry.len() as f64);
-                let due = decide(
-                    &registry,
-                    &live,
-                    now,
-                    since,
-                    opts.ttl.as_millis() as u64,
-                    opts.expiry.map(|e| e.as_millis() as u64),
-                );
+                // Decide under the state's read lock rather than cloning the registry:
+                // with 100k components a copy per sweep would double the leader's memory.
+                let ttl_ms = opts.ttl.as_millis() as u64;
+                let expiry_ms = opts.expiry.map(|e| e.as_millis() as u64);
+                let (due, _) = node.read_stale(|s| {
+                    // Forget components that are no longer registered.
+                    live.retain(|id, _| s.components.contains_key(id));
+                    metrics::gauge!("flowctl_liveness_components").set(s.components.len() as f64);
+                    decide(&s.components, &live, now, since, ttl_ms, expiry_ms)
+                });
                 for t in due {
                     propose_transition(&node, t, now, &in_flight);
                 }
