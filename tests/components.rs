@@ -383,3 +383,80 @@ fn steady_heartbeats_do_not_grow_the_raft_log() {
     let (_, body) = http_get(&c.nodes[leader].metrics_addr, "/metrics").unwrap();
     assert!(body.contains("flowctl_liveness_heartbeats_total"));
 }
+
+/// The real agent against a real cluster: its first endpoint is the leader, which dies; the
+/// agent keeps heartbeating through another endpoint and is never reported unhealthy.
+#[test]
+fn agent_keeps_heartbeating_through_another_endpoint_when_its_node_dies() {
+    let mut c = ttl_cluster("3");
+    let leader = c.leader_index().unwrap();
+    let mut endpoints = vec![c.nodes[leader].addr.clone()];
+    endpoints.extend(
+        (0..3)
+            .filter(|&i| i != leader)
+            .map(|i| c.nodes[i].addr.clone()),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let agent = rt.block_on(async {
+        let vars: HashMap<&str, String> = HashMap::from([
+            ("ENABLE_FLOWCTL", "true".to_owned()),
+            ("FLOWCTL_ENDPOINT", endpoints.join(",")),
+            ("FLOWCTL_HEARTBEAT_INTERVAL", "300ms".to_owned()),
+            ("FLOWCTL_COMPONENT_ID", "agent-under-test".to_owned()),
+        ]);
+        let cfg = flowctl_agent::AgentConfig::from_vars(|k| vars.get(k).cloned()).unwrap();
+        let agent = flowctl_agent::Agent::start(
+            cfg,
+            flowctl_agent::ComponentDescription::source("agent-under-test"),
+            flowctl_agent::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        agent
+            .wait_registered(Duration::from_secs(15))
+            .await
+            .unwrap();
+        agent.counter("ledgers").add(5);
+        agent
+    });
+    let other = (leader + 1) % 3;
+    wait_until(Duration::from_secs(10), || {
+        status_of(&c, other, "agent-under-test")["metrics"]["ledgers"] == "5"
+    })
+    .unwrap();
+    c.kill(leader);
+    let first = status_of(&c, other, "agent-under-test")["last_heartbeat"].clone();
+    // For two TTLs: always healthy, and the last heartbeat keeps moving.
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    let mut moved = false;
+    while std::time::Instant::now() < until {
+        if let Ok(list) = c.json(other, &["list", "--timeout", "5"]) {
+            let row = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["id"] == "agent-under-test")
+                .cloned()
+                .unwrap();
+            assert_eq!(row["status"], "healthy", "{row}");
+            if !row["last_heartbeat"].is_null() && row["last_heartbeat"] != first {
+                moved = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        moved,
+        "heartbeats did not continue through another endpoint"
+    );
+    rt.block_on(agent.shutdown());
+    // Graceful shutdown unregistered it.
+    let list = c.json(other, &["list"]).unwrap();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["id"] != "agent-under-test"),
+        "{list}"
+    );
+}
