@@ -92,38 +92,15 @@ fn run_writer(db: Weak<DB>, sync: bool, pending: Pending, rx: Receiver<Op>) {
         while let Ok(more) = rx.try_recv() {
             ops.push(more);
         }
-        let Some(db) = db.upgrade() else {
-            fail_all(ops, "the store is closed");
-            continue;
+        // The strong reference lives only for the write: it must be gone before any waiter is
+        // woken, or a caller that closes and reopens the store would find it still locked.
+        let (result, written) = {
+            let Some(db) = db.upgrade() else {
+                fail_all(ops, "the store is closed");
+                continue;
+            };
+            write_batch(&db, sync, &ops)
         };
-        let mut batch = WriteBatch::default();
-        let log = cf(&db, CF_LOG);
-        let mut written = Vec::new();
-        for op in &ops {
-            match op {
-                Op::Append { entries, .. } => {
-                    for (index, log_id, bytes) in entries {
-                        batch.put_cf(log, index_key(*index), bytes);
-                        written.push((*index, *log_id));
-                    }
-                }
-                Op::Truncate { from, .. } => {
-                    batch.delete_range_cf(log, index_key(*from), index_key(u64::MAX));
-                    batch.delete_cf(log, index_key(u64::MAX));
-                }
-                Op::Purge { upto, record, .. } => {
-                    batch.put_cf(cf(&db, CF_RAFT), KEY_PURGED, record);
-                    batch.delete_range_cf(log, index_key(0), index_key(upto.saturating_add(1)));
-                }
-            }
-        }
-        let mut w = WriteOptions::default();
-        w.set_sync(sync);
-        let result = db.write_opt(batch, &w).map_err(|e| e.to_string());
-        if sync {
-            metrics::counter!("flowctl_store_log_fsyncs_total").increment(1);
-            metrics::histogram!("flowctl_store_log_fsync_batch_size").record(ops.len() as f64);
-        }
         if result.is_ok() {
             // Durable now: drop from `pending` what this batch wrote, unless a later append
             // replaced it (same index, other log id) meanwhile.
@@ -136,6 +113,40 @@ fn run_writer(db: Weak<DB>, sync: bool, pending: Pending, rx: Receiver<Op>) {
         }
         complete_all(ops, &result);
     }
+}
+
+/// Writes every queued operation in one batch (synced when `sync`), in queue order. Returns
+/// the result and the entries written.
+fn write_batch(db: &DB, sync: bool, ops: &[Op]) -> (Result<(), String>, Vec<(u64, LogId)>) {
+    let mut batch = WriteBatch::default();
+    let log = cf(db, CF_LOG);
+    let mut written = Vec::new();
+    for op in ops {
+        match op {
+            Op::Append { entries, .. } => {
+                for (index, log_id, bytes) in entries {
+                    batch.put_cf(log, index_key(*index), bytes);
+                    written.push((*index, *log_id));
+                }
+            }
+            Op::Truncate { from, .. } => {
+                batch.delete_range_cf(log, index_key(*from), index_key(u64::MAX));
+                batch.delete_cf(log, index_key(u64::MAX));
+            }
+            Op::Purge { upto, record, .. } => {
+                batch.put_cf(cf(db, CF_RAFT), KEY_PURGED, record);
+                batch.delete_range_cf(log, index_key(0), index_key(upto.saturating_add(1)));
+            }
+        }
+    }
+    let mut w = WriteOptions::default();
+    w.set_sync(sync);
+    let result = db.write_opt(batch, &w).map_err(|e| e.to_string());
+    if sync {
+        metrics::counter!("flowctl_store_log_fsyncs_total").increment(1);
+        metrics::histogram!("flowctl_store_log_fsync_batch_size").record(ops.len() as f64);
+    }
+    (result, written)
 }
 
 fn complete_all(ops: Vec<Op>, result: &Result<(), String>) {
