@@ -479,5 +479,38 @@ fn operations_endpoints_report_health_and_metrics() {
             r.status,
             tonic_health::pb::health_check_response::ServingStatus::Serving as i32
         );
+
+        // Server reflection lists the public and wire-compatible services.
+        use tonic_reflection::pb::v1::{
+            server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest,
+        };
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[1].addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = ServerReflectionClient::new(ch)
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let resp = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+            panic!("unexpected reflection reply: {resp:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for want in [
+            "flowctl.admin.v1.PipelineService",
+            "flowctl.ControlPlane",
+            "flowctl.v1.ControlPlaneService",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
     });
 }

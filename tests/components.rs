@@ -375,7 +375,7 @@ fn steady_heartbeats_do_not_grow_the_raft_log() {
     std::thread::sleep(Duration::from_secs(2));
     let leader = c.leader_index().unwrap();
     let before = commit_index(&c, leader);
-    std::thread::sleep(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(30));
     let after = commit_index(&c, leader);
     stop.store(true, Ordering::Relaxed);
     h.join().unwrap();

@@ -44,6 +44,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 const METRICS_INTERVAL: Duration = Duration::from_millis(500);
+/// Requests in flight on one client connection (HTTP/2 streams).
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -232,7 +234,10 @@ async fn serve_grpc(
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(30)));
+    // Bounded work per connection: at most this many requests in flight on one HTTP/2
+    // connection; a client that opens more streams waits for HTTP/2 flow control.
     tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(grpc_metrics::GrpcMetricsLayer)
         .add_service(internal)
         .add_service(pipelines)
