@@ -4,6 +4,7 @@
 mod commands;
 mod output;
 mod server_cmd;
+mod spec_cmds;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -83,6 +84,19 @@ enum Command {
         #[command(subcommand)]
         what: ClusterCmd,
     },
+    /// Check a pipeline file offline and print every problem with its line:column.
+    Validate {
+        /// The YAML file ("-" reads standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// Print the JSON Schema of a document kind, for editors.
+    Schema {
+        #[arg(value_enum)]
+        kind: spec_cmds::SchemaKind,
+    },
+    /// Draw a pipeline file's DAG (offline) as SVG, DOT, Mermaid or text.
+    Graph(spec_cmds::GraphArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,6 +166,9 @@ fn main() -> ExitCode {
             Command::Delete {
                 what: DeleteWhat::Pipeline { name },
             } => commands::delete_pipeline(&cli.global, &name).await,
+            Command::Validate { file } => spec_cmds::validate(&cli.global, &file),
+            Command::Schema { kind } => spec_cmds::schema(kind),
+            Command::Graph(args) => spec_cmds::graph(&args),
             Command::Cluster { what } => match what {
                 ClusterCmd::Status => commands::cluster_status(&cli.global).await,
                 ClusterCmd::Members => commands::cluster_members(&cli.global).await,

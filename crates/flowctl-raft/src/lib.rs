@@ -54,6 +54,8 @@ type Proposal = (
     tokio::sync::oneshot::Sender<Result<Applied, Error>>,
 );
 
+type ReadWaiter = tokio::sync::oneshot::Sender<Result<u64, Error>>;
+
 /// Timing and snapshot settings.
 #[derive(Debug, Clone)]
 pub struct RaftOptions {
@@ -148,6 +150,10 @@ struct Inner {
     transferring: AtomicBool,
     /// The proposal batcher's queue (see [`run_batcher`]).
     proposals: tokio::sync::mpsc::Sender<Proposal>,
+    /// Writes this follower forwards to the leader (see [`run_forwarder`]).
+    forwards: tokio::sync::mpsc::Sender<Proposal>,
+    /// Linearizable reads waiting for a read index (see [`run_read_index`]).
+    read_waiters: tokio::sync::mpsc::Sender<ReadWaiter>,
 }
 
 impl RaftNode {
@@ -189,19 +195,25 @@ impl RaftNode {
         let (proposals, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
         // The batcher stops when the last RaftNode handle (and so the sender) drops.
         tokio::spawn(run_batcher(raft.clone(), rx));
-        Ok(RaftNode {
-            inner: Arc::new(Inner {
-                id,
-                addr,
-                raft,
-                reader,
-                committed,
-                peers,
-                options,
-                transferring: AtomicBool::new(false),
-                proposals,
-            }),
-        })
+        let (forwards, frx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
+        tokio::spawn(run_forwarder(id, raft.clone(), peers.clone(), frx));
+        let (read_waiters, rrx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
+        let inner = Arc::new(Inner {
+            id,
+            addr,
+            raft,
+            reader,
+            committed,
+            peers,
+            options,
+            transferring: AtomicBool::new(false),
+            proposals,
+            forwards,
+            read_waiters,
+        });
+        // Holds only a weak reference, so it stops when the last handle drops.
+        tokio::spawn(run_read_index(Arc::downgrade(&inner), rrx));
+        Ok(RaftNode { inner })
     }
 
     pub fn id(&self) -> u64 {
@@ -334,29 +346,31 @@ impl RaftNode {
     }
 
     async fn propose_once(&self, cmd: &Command) -> Result<Applied, Error> {
-        let (leader, addr) = self.wait_for_leader(REQUEST_TIMEOUT).await?;
+        let (leader, _) = self.wait_for_leader(REQUEST_TIMEOUT).await?;
         if leader == self.inner.id {
             return self.write_as_leader(cmd.clone()).await;
         }
-        let bytes = codec::encode_command(cmd).map_err(|e| Error::Invalid(e.to_string()))?;
-        metrics::counter!("flowctl_raft_forwarded_total").increment(1);
-        let mut client = self.inner.peers.client(&addr).map_err(Error::Unavailable)?;
-        let mut req = tonic::Request::new(pb::ForwardRequest {
-            command: bytes,
-            hops: 1,
-        });
-        req.set_timeout(REQUEST_TIMEOUT);
-        let resp = client
-            .forward(req)
-            .await
-            .map_err(status_to_error)?
-            .into_inner();
-        let outcome =
-            codec::decode_outcome(&resp.outcome).map_err(|e| Error::Fatal(e.to_string()))?;
-        Ok(Applied {
-            outcome,
-            log_index: resp.log_index,
-        })
+        // Forwarded through the follower's own batcher: one Forward RPC carries every write
+        // that arrived together (see `run_forwarder`).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner
+            .forwards
+            .try_send((cmd.clone(), Instant::now(), tx))
+            .map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
+                    "more than {PROPOSAL_QUEUE} writes are waiting; retry later"
+                )),
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                    Error::Fatal("the forwarder stopped".into())
+                }
+            })?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Err(_) => Err(Error::Unavailable(
+                "timed out waiting for the leader".into(),
+            )),
+            Ok(Err(_)) => Err(Error::Fatal("the forwarder stopped".into())),
+            Ok(Ok(r)) => r,
+        }
     }
 
     /// Writes on this node, which must be the leader (a forwarded command lands here).
@@ -407,7 +421,28 @@ impl RaftNode {
         }
     }
 
+    /// A read index for a linearizable read, shared with every read that is waiting at the
+    /// same time (see [`run_read_index`]).
     async fn read_index(&self) -> Result<u64, Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner.read_waiters.try_send(tx).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
+                "more than {PROPOSAL_QUEUE} reads are waiting; retry later"
+            )),
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                Error::Fatal("the read-index task stopped".into())
+            }
+        })?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Err(_) => Err(Error::Unavailable(
+                "timed out waiting for a read index".into(),
+            )),
+            Ok(Err(_)) => Err(Error::Fatal("the read-index task stopped".into())),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    async fn read_index_now(&self) -> Result<u64, Error> {
         let (leader, addr) = self.wait_for_leader(REQUEST_TIMEOUT).await?;
         if leader == self.inner.id {
             return self.read_index_as_leader().await;
@@ -769,6 +804,132 @@ async fn commit_batch(raft: &Raft, batch: Vec<Proposal>) {
             for (_, tx) in waiters {
                 let _ = tx.send(Err(err.clone()));
             }
+        }
+    }
+}
+
+/// The follower's side of batching: writes that arrive together are forwarded to the leader
+/// in one `Forward` RPC carrying a [`Command::Batch`]; the leader proposes each through its
+/// own batcher and answers with one outcome per command.
+async fn run_forwarder(
+    me: u64,
+    raft: Raft,
+    peers: Peers,
+    mut rx: tokio::sync::mpsc::Receiver<Proposal>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_BATCHES));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        let peers = peers.clone();
+        tokio::spawn(async move {
+            forward_batch(me, &raft, &peers, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn forward_batch(me: u64, raft: &Raft, peers: &Peers, batch: Vec<Proposal>) {
+    let n = batch.len();
+    let mut cmds = Vec::with_capacity(n);
+    let mut waiters = Vec::with_capacity(n);
+    for (cmd, _, tx) in batch {
+        cmds.push(cmd);
+        waiters.push(tx);
+    }
+    let result = async {
+        let m = raft.metrics().borrow().clone();
+        let leader = m
+            .current_leader
+            .ok_or_else(|| Error::Unavailable("no leader is known".into()))?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|node| node.addr.clone())
+            .ok_or_else(|| Error::Unavailable("the leader's address is unknown".into()))?;
+        if leader == me {
+            // This node has just become leader: the caller retries and writes locally.
+            return Err(Error::NotLeader {
+                leader: Some((me, addr)),
+            });
+        }
+        let entry = if n == 1 {
+            cmds.pop().expect("a batch has one command")
+        } else {
+            Command::Batch(cmds)
+        };
+        let bytes = codec::encode_command(&entry).map_err(|e| Error::Invalid(e.to_string()))?;
+        metrics::counter!("flowctl_raft_forwarded_total").increment(n as u64);
+        let mut client = peers.client(&addr).map_err(Error::Unavailable)?;
+        let mut req = tonic::Request::new(pb::ForwardRequest {
+            command: bytes,
+            hops: 1,
+        });
+        req.set_timeout(REQUEST_TIMEOUT);
+        let resp = client
+            .forward(req)
+            .await
+            .map_err(status_to_error)?
+            .into_inner();
+        let outcome =
+            codec::decode_outcome(&resp.outcome).map_err(|e| Error::Fatal(e.to_string()))?;
+        let outcomes = match (n, outcome) {
+            (1, o) => vec![o],
+            (_, Outcome::Batch(outs)) if outs.len() == n => outs,
+            (_, other) => {
+                return Err(Error::Fatal(format!(
+                    "forwarded batch answered with {other:?}"
+                )))
+            }
+        };
+        Ok((outcomes, resp.log_index))
+    }
+    .await;
+    match result {
+        Ok((outcomes, log_index)) => {
+            for (tx, outcome) in waiters.into_iter().zip(outcomes) {
+                let _ = tx.send(Ok(Applied { outcome, log_index }));
+            }
+        }
+        Err(e) => {
+            for tx in waiters {
+                let _ = tx.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Coalesces linearizable reads: every read waiting when a read-index request starts shares
+/// its answer. That is safe because the index is obtained after each of those reads arrived,
+/// and it turns N concurrent reads into one quorum round (and, on a follower, one RPC).
+async fn run_read_index(
+    inner: std::sync::Weak<Inner>,
+    mut rx: tokio::sync::mpsc::Receiver<ReadWaiter>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let node = RaftNode { inner };
+        let result = node.read_index_now().await;
+        drop(node);
+        metrics::histogram!("flowctl_raft_read_index_batch_size").record(waiters.len() as f64);
+        for w in waiters {
+            let _ = w.send(result.clone());
         }
     }
 }

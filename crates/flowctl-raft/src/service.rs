@@ -3,7 +3,7 @@
 use crate::{error_to_status, RaftNode, MAX_FORWARD_HOPS, REQUEST_TIMEOUT};
 use flowctl_proto::internal::v1 as pb;
 use flowctl_proto::internal::v1::raft_service_server::RaftService;
-use flowctl_state::codec;
+use flowctl_state::{codec, Command, Outcome};
 use flowctl_store::TypeConfig;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
@@ -81,11 +81,33 @@ impl RaftService for InternalService {
         }
         let cmd = codec::decode_command(&req.command)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let applied = self
-            .node
-            .write_as_leader(cmd)
-            .await
-            .map_err(|e| error_to_status(&e))?;
+        let applied = match cmd {
+            // A follower's batch: each command goes through this leader's own batcher and gets
+            // its own outcome. If any fails (leadership moved), the follower retries them all;
+            // every command kind is safe to apply twice (idempotent or a recorded rejection).
+            Command::Batch(cmds) => {
+                let results = futures::future::join_all(
+                    cmds.into_iter().map(|c| self.node.write_as_leader(c)),
+                )
+                .await;
+                let mut outcomes = Vec::with_capacity(results.len());
+                let mut index = 0;
+                for r in results {
+                    let a = r.map_err(|e| error_to_status(&e))?;
+                    index = index.max(a.log_index);
+                    outcomes.push(a.outcome);
+                }
+                crate::Applied {
+                    outcome: Outcome::Batch(outcomes),
+                    log_index: index,
+                }
+            }
+            cmd => self
+                .node
+                .write_as_leader(cmd)
+                .await
+                .map_err(|e| error_to_status(&e))?,
+        };
         let outcome = codec::encode_outcome(&applied.outcome).map_err(|e| {
             tracing::error!(error = %e, "cannot encode outcome");
             Status::internal("cannot encode outcome")

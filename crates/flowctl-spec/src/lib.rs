@@ -1,8 +1,16 @@
 //! `flowctl/v1` Pipeline documents.
 //!
-//! This crate turns YAML text into a [`PipelineDoc`]: it checks YAML syntax, `apiVersion`,
-//! `kind` and `metadata.name`, and reports every problem with the file, line and column.
-//! It does no I/O beyond the text it is given and knows nothing of Raft or the server.
+//! This crate turns YAML text into pipelines, at two levels:
+//!
+//! - [`parse_pipeline`] checks YAML syntax, `apiVersion`, `kind` and `metadata.name`, and gives a
+//!   [`PipelineDoc`]: the form the control plane stores.
+//! - [`validate_pipeline`] checks the whole spec (every field, the DAG of `inputs`, event types,
+//!   drivers, ports) and gives a [`ValidatedPipeline`], the only input of the [`graph`]
+//!   renderers and of [`topic_name`].
+//!
+//! Both report every problem at once, each with the file, YAML path, line and column.
+//! [`pipeline_schema`] publishes the spec as a JSON Schema generated from the [`model`] types.
+//! The crate does no I/O beyond the text it is given and knows nothing of Raft or the server.
 //!
 //! The YAML parser is `serde-saphyr` (the maintained successor of the deprecated
 //! `serde_yaml`), chosen because its errors and `Spanned` values carry line:column.
@@ -11,6 +19,21 @@
 //! content (object keys sorted), so two documents that differ only in formatting, key order or
 //! comments compare equal. The replicated state uses it to decide whether a re-apply changed
 //! anything.
+
+pub mod graph;
+pub mod model;
+mod node;
+mod pipeline;
+mod schema;
+mod validate;
+
+pub use model::{
+    Bus, Component, ComponentId, ComponentKind, Driver, Metadata, PipelineManifest, PipelineSpec,
+    RestartPolicy,
+};
+pub use pipeline::{topic_name, Edge, ValidatedPipeline};
+pub use schema::pipeline_schema;
+pub use validate::validate_pipeline;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -42,23 +65,32 @@ pub struct Error {
     pub problems: Vec<Problem>,
 }
 
+impl Error {
+    /// One line per problem, `file:line:col: path: message` (without `:line:col` when the
+    /// location is unknown, without `path: ` for syntax errors), as compilers print them.
+    pub fn lines(&self) -> Vec<String> {
+        self.problems
+            .iter()
+            .map(|p| {
+                let mut s = self.file.clone();
+                if p.line > 0 {
+                    s.push_str(&format!(":{}:{}", p.line, p.column));
+                }
+                if p.path.is_empty() {
+                    s.push_str(&format!(": {}", p.message));
+                } else {
+                    s.push_str(&format!(": {}: {}", p.path, p.message));
+                }
+                s
+            })
+            .collect()
+    }
+}
+
 impl fmt::Display for Error {
+    /// Every problem on one line, separated by "; ".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{}", self.file)?;
-            if p.line > 0 {
-                write!(f, ":{}:{}", p.line, p.column)?;
-            }
-            if p.path.is_empty() {
-                write!(f, ": {}", p.message)?;
-            } else {
-                write!(f, ": {}: {}", p.path, p.message)?;
-            }
-        }
-        Ok(())
+        f.write_str(&self.lines().join("; "))
     }
 }
 
@@ -99,11 +131,11 @@ struct Header {
     #[serde(rename = "apiVersion")]
     api_version: Option<Spanned<String>>,
     kind: Option<Spanned<String>>,
-    metadata: Option<Spanned<Metadata>>,
+    metadata: Option<Spanned<HeaderMetadata>>,
 }
 
 #[derive(Deserialize)]
-struct Metadata {
+struct HeaderMetadata {
     name: Option<Spanned<String>>,
 }
 
@@ -129,28 +161,19 @@ pub fn parse_pipeline(file: &str, text: &str) -> Result<PipelineDoc, Error> {
     let mut problems = Vec::new();
     match &header.api_version {
         None => problems.push(missing("apiVersion")),
-        Some(v) if v.value != API_VERSION => problems.push(at(
-            "apiVersion",
-            v,
-            format!(
-                "unsupported apiVersion {:?}, expected {API_VERSION:?}",
-                v.value
-            ),
-        )),
-        Some(_) => {}
+        Some(v) => {
+            if let Some(msg) = api_version_message(&v.value) {
+                problems.push(at("apiVersion", v, msg));
+            }
+        }
     }
     match &header.kind {
         None => problems.push(missing("kind")),
-        Some(k) if !KNOWN_KINDS.contains(&k.value.as_str()) => problems.push(at(
-            "kind",
-            k,
-            format!(
-                "unknown kind {:?}, expected one of: {}",
-                k.value,
-                KNOWN_KINDS.join(", ")
-            ),
-        )),
-        Some(_) => {}
+        Some(k) => {
+            if let Some(msg) = kind_message(&k.value) {
+                problems.push(at("kind", k, msg));
+            }
+        }
     }
     let name = match header.metadata.as_ref().map(|m| &m.value.name) {
         None => {
@@ -202,6 +225,21 @@ pub fn check_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// What is wrong with an `apiVersion` value, if anything.
+fn api_version_message(v: &str) -> Option<String> {
+    (v != API_VERSION).then(|| format!("unsupported apiVersion {v:?}, expected {API_VERSION:?}"))
+}
+
+/// What is wrong with a `kind` value, if anything.
+fn kind_message(k: &str) -> Option<String> {
+    (!KNOWN_KINDS.contains(&k)).then(|| {
+        format!(
+            "unknown kind {k:?}, expected one of: {}",
+            KNOWN_KINDS.join(", ")
+        )
+    })
 }
 
 fn syntax_problem(e: &serde_saphyr::Error) -> Problem {

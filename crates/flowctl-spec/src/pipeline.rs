@@ -1,0 +1,234 @@
+//! [`ValidatedPipeline`]: a pipeline that passed every check, with its DAG precomputed.
+
+use crate::model::{Component, ComponentId, ComponentKind, PipelineManifest, PipelineSpec};
+use crate::PipelineDoc;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A pipeline that passed [`crate::validate_pipeline`]. Holding one proves that ids are unique,
+/// every input names a component, the inputs form a DAG and every other rule of the spec holds,
+/// so code that takes `&ValidatedPipeline` need not check again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedPipeline {
+    doc: PipelineDoc,
+    manifest: PipelineManifest,
+    /// Each id's kind and index within its `spec` section.
+    index: BTreeMap<ComponentId, (ComponentKind, usize)>,
+    /// Ids in a topological order: every component after all of its inputs, ties in
+    /// document order.
+    order: Vec<ComponentId>,
+    /// Each id's layer: 0 for sources, then the longest path from a source, with sinks moved
+    /// to the last layer.
+    layer: BTreeMap<ComponentId, usize>,
+}
+
+/// One edge of the DAG: `to` consumes what `from` produces, from `topic`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Edge<'a> {
+    pub from: &'a Component,
+    pub to: &'a Component,
+    /// The event types that flow on the edge: the intersection of `from`'s output types and
+    /// `to`'s input types when both are declared, else whichever side is declared (empty when
+    /// neither is).
+    pub event_types: Vec<&'a str>,
+    /// The Kafka topic `from` writes to; see [`topic_name`].
+    pub topic: String,
+}
+
+impl ValidatedPipeline {
+    /// Builds the DAG indexes. The caller has checked that ids are unique, inputs exist and
+    /// there is no cycle.
+    pub(crate) fn new(doc: PipelineDoc, manifest: PipelineManifest) -> Self {
+        let mut index = BTreeMap::new();
+        for kind in ComponentKind::ALL {
+            for (i, c) in section(&manifest.spec, kind).iter().enumerate() {
+                index.insert(c.id.clone(), (kind, i));
+            }
+        }
+        let mut p = Self {
+            doc,
+            manifest,
+            index,
+            order: Vec::new(),
+            layer: BTreeMap::new(),
+        };
+        p.order = p.compute_order();
+        p.layer = p.compute_layers();
+        p
+    }
+
+    fn compute_order(&self) -> Vec<ComponentId> {
+        // Kahn's algorithm, always taking the first ready component in document order, so the
+        // result is deterministic.
+        let all: Vec<&Component> = self.components().map(|(_, c)| c).collect();
+        let pos: BTreeMap<&ComponentId, usize> =
+            all.iter().enumerate().map(|(i, c)| (&c.id, i)).collect();
+        let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); all.len()];
+        let mut waiting: Vec<usize> = vec![0; all.len()];
+        for (j, c) in all.iter().enumerate() {
+            for input in &c.inputs {
+                if let Some(&i) = pos.get(input) {
+                    consumers[i].push(j);
+                    waiting[j] += 1;
+                }
+            }
+        }
+        let mut ready: BTreeSet<usize> = (0..all.len()).filter(|&i| waiting[i] == 0).collect();
+        let mut order = Vec::with_capacity(all.len());
+        while let Some(next) = ready.pop_first() {
+            order.push(all[next].id.clone());
+            for &j in &consumers[next] {
+                waiting[j] -= 1;
+                if waiting[j] == 0 {
+                    ready.insert(j);
+                }
+            }
+        }
+        debug_assert_eq!(order.len(), all.len(), "validation rejects cycles");
+        order
+    }
+
+    fn compute_layers(&self) -> BTreeMap<ComponentId, usize> {
+        let mut layer: BTreeMap<ComponentId, usize> = BTreeMap::new();
+        for id in &self.order {
+            let c = self.get(id);
+            let l = c
+                .inputs
+                .iter()
+                .filter_map(|i| layer.get(i))
+                .map(|l| l + 1)
+                .max()
+                .unwrap_or(0);
+            layer.insert(id.clone(), l);
+        }
+        // Sinks go to the rightmost layer, so every picture reads sources → sinks.
+        let last = self
+            .index
+            .iter()
+            .filter(|(_, (k, _))| *k != ComponentKind::Sink)
+            .filter_map(|(id, _)| layer.get(id))
+            .max()
+            .map_or(0, |l| l + 1);
+        for (id, (kind, _)) in &self.index {
+            if *kind == ComponentKind::Sink {
+                layer.insert(id.clone(), last);
+            }
+        }
+        layer
+    }
+
+    /// `metadata.name`.
+    pub fn name(&self) -> &str {
+        &self.manifest.metadata.name
+    }
+
+    /// The document as parsed by [`crate::parse_pipeline`], with its canonical JSON.
+    pub fn doc(&self) -> &PipelineDoc {
+        &self.doc
+    }
+
+    /// The whole typed document, defaults filled in.
+    pub fn manifest(&self) -> &PipelineManifest {
+        &self.manifest
+    }
+
+    pub fn spec(&self) -> &PipelineSpec {
+        &self.manifest.spec
+    }
+
+    /// Every component with its kind: sources, then processors, then sinks, each in document
+    /// order.
+    pub fn components(&self) -> impl Iterator<Item = (ComponentKind, &Component)> + '_ {
+        ComponentKind::ALL
+            .into_iter()
+            .flat_map(move |k| section(&self.manifest.spec, k).iter().map(move |c| (k, c)))
+    }
+
+    /// The component with this id.
+    pub fn component(&self, id: &ComponentId) -> Option<(ComponentKind, &Component)> {
+        let (kind, i) = *self.index.get(id)?;
+        Some((kind, &section(&self.manifest.spec, kind)[i]))
+    }
+
+    fn get(&self, id: &ComponentId) -> &Component {
+        self.component(id)
+            .map(|(_, c)| c)
+            .expect("ids in the indexes come from the components")
+    }
+
+    /// Every component after all of its inputs; ties in document order.
+    pub fn topological_order(&self) -> impl Iterator<Item = &Component> + '_ {
+        self.order.iter().map(|id| self.get(id))
+    }
+
+    /// The component's layer: 0 for sources, then the length of the longest path from a
+    /// source; sinks are all in the last layer.
+    pub fn layer(&self, id: &ComponentId) -> Option<usize> {
+        self.layer.get(id).copied()
+    }
+
+    /// The components that list `id` among their inputs, in document order.
+    pub fn downstream(&self, id: &ComponentId) -> impl Iterator<Item = &Component> + '_ {
+        let id = id.clone();
+        self.components()
+            .map(|(_, c)| c)
+            .filter(move |c| c.inputs.contains(&id))
+    }
+
+    /// Every edge, ordered by downstream component (document order) and then by its
+    /// `inputs` order.
+    pub fn edges(&self) -> Vec<Edge<'_>> {
+        let mut edges = Vec::new();
+        for (_, to) in self.components() {
+            for input in &to.inputs {
+                let from = self.get(input);
+                edges.push(Edge {
+                    from,
+                    to,
+                    event_types: edge_types(from, to),
+                    topic: topic_name(self, &from.id),
+                });
+            }
+        }
+        edges
+    }
+}
+
+fn section(spec: &PipelineSpec, kind: ComponentKind) -> &[Component] {
+    match kind {
+        ComponentKind::Source => &spec.sources,
+        ComponentKind::Processor => &spec.processors,
+        ComponentKind::Sink => &spec.sinks,
+    }
+}
+
+fn edge_types<'a>(from: &'a Component, to: &'a Component) -> Vec<&'a str> {
+    let out = &from.output_event_types;
+    let inp = &to.input_event_types;
+    match (out.is_empty(), inp.is_empty()) {
+        (false, false) => out
+            .iter()
+            .filter(|t| inp.contains(t))
+            .map(String::as_str)
+            .collect(),
+        (false, true) => out.iter().map(String::as_str).collect(),
+        (true, _) => inp.iter().map(String::as_str).collect(),
+    }
+}
+
+/// The Kafka topic that component `upstream_id` of `pipeline` writes to, and that every
+/// component listing it in `inputs` reads from: `<topic_prefix>.<pipeline name>.<upstream id>`,
+/// such as `flowctl.stellar-token-pipeline.ttp-processor`. `topic_prefix` comes from
+/// `spec.bus` and defaults to `flowctl`.
+///
+/// This is the one definition of topic names; the data plane and registration replies
+/// (`RegistrationAck.topic_names`, `RegisterResponse.assigned_topics`) use it too. The result
+/// is always a legal Kafka topic name: the prefix is checked by validation, and pipeline names
+/// and ids are DNS labels, so the whole name has at most 249 characters.
+pub fn topic_name(pipeline: &ValidatedPipeline, upstream_id: &ComponentId) -> String {
+    format!(
+        "{}.{}.{}",
+        pipeline.spec().bus.topic_prefix,
+        pipeline.name(),
+        upstream_id
+    )
+}
