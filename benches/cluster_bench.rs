@@ -184,8 +184,9 @@ fn main() -> anyhow::Result<()> {
 
 /// The pipeline document for `name`, padded to exactly [`DOC_BYTES`].
 fn document(name: &str) -> String {
+    // A valid source → sink pipeline, padded through the source's environment.
     let head = format!(
-        "apiVersion: flowctl/v1\nkind: Pipeline\nmetadata:\n  name: {name}\nspec:\n  note: \""
+        "apiVersion: flowctl/v1\nkind: Pipeline\nmetadata:\n  name: {name}\nspec:\n  sinks:\n    - id: sink\n      command: [\"true\"]\n      inputs: [src]\n  sources:\n    - id: src\n      command: [\"true\"]\n      env:\n        PAD: \""
     );
     let tail = "\"\n";
     let pad = DOC_BYTES.saturating_sub(head.len() + tail.len());

@@ -142,7 +142,9 @@ fn data_dir_of_another_cluster_and_oversized_requests_are_refused() {
     let note = "x".repeat(4096);
     std::fs::write(
         &big,
-        format!("apiVersion: flowctl/v1\nkind: Pipeline\nmetadata:\n  name: big\nspec:\n  note: {note}\n"),
+        format!(
+            "apiVersion: flowctl/v1\nkind: Pipeline\nmetadata:\n  name: big\nspec:\n  sources:\n    - id: src\n      command: [\"true\"]\n      env:\n        PAD: \"{note}\"\n  sinks:\n    - id: sink\n      command: [\"true\"]\n      inputs: [src]\n"
+        ),
     )
     .unwrap();
     let out = b

@@ -15,8 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A small valid pipeline (source → sink); `note` changes its content.
 fn doc(name: &str, note: &str) -> String {
-    format!("apiVersion: flowctl/v1\nkind: Pipeline\nmetadata:\n  name: {name}\nspec:\n  note: \"{note}\"\n")
+    format!(
+        "apiVersion: flowctl/v1\nkind: Pipeline\nmetadata:\n  name: {name}\n  labels:\n    note: \"{note}\"\nspec:\n  sources:\n    - id: src\n      command: [\"true\"]\n  sinks:\n    - id: sink\n      command: [\"true\"]\n      inputs: [src]\n"
+    )
 }
 
 fn write_file(c: &Cluster, name: &str, text: &str) -> String {

@@ -146,7 +146,7 @@ pub async fn apply(g: &Global, file: &str) -> anyhow::Result<()> {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
     };
     // Check locally first: the same rules the server applies, without a round trip.
-    flowctl_spec::parse_pipeline(file, &yaml)?;
+    flowctl_spec::validate_pipeline(file, &yaml)?;
     let c = client(g)?;
     let req = pb::ApplyPipelineRequest {
         yaml,

@@ -26,7 +26,10 @@ pub async fn apply(
     file: &str,
     yaml: &str,
 ) -> Result<(PipelineRecord, ApplyResult, u64), ServiceError> {
-    let doc = flowctl_spec::parse_pipeline(file, yaml)?;
+    // The same full validation as `flowctl validate`; the follower that receives the request
+    // runs it, so nothing unvalidated reaches the log.
+    let validated = flowctl_spec::validate_pipeline(file, yaml)?;
+    let doc = validated.doc();
     let cmd = Command::ApplyPipeline(ApplyPipeline {
         name: doc.name().to_owned(),
         id_if_new: PipelineId::from_random(rand::random()),
