@@ -47,6 +47,9 @@ pub struct ServerArgs {
     /// Unregister a component after this many hours without a heartbeat (0 = never).
     #[arg(long, default_value_t = 24.0)]
     component_expiry: f64,
+    /// Seconds a node may be silent before the leader moves its pipeline instances elsewhere.
+    #[arg(long, default_value_t = 10.0)]
+    node_grace: f64,
     /// Build a snapshot and purge the log every this many applied entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_threshold: u64,
@@ -132,6 +135,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<()> {
         max_request_bytes: a.max_request_bytes,
         join_timeout: std::time::Duration::from_secs(a.join_timeout),
         heartbeat_ttl: seconds("--heartbeat-ttl", a.heartbeat_ttl)?,
+        node_grace: seconds("--node-grace", a.node_grace)?,
         component_expiry: if a.component_expiry == 0.0 {
             None
         } else {

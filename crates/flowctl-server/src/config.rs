@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub heartbeat_ttl: std::time::Duration,
     /// A component without heartbeats for this long is unregistered; `None` never.
     pub component_expiry: Option<std::time::Duration>,
+    /// A node silent for this long has its pipeline instances placed elsewhere.
+    pub node_grace: std::time::Duration,
     pub raft: RaftOptions,
 }
 

@@ -19,6 +19,7 @@ pub mod api;
 pub mod cluster;
 pub mod components;
 pub mod config;
+pub mod deploy;
 pub mod errors;
 mod grpc_metrics;
 mod http;
@@ -101,6 +102,17 @@ pub async fn run(
             sweep: (cfg.heartbeat_ttl / 4)
                 .clamp(Duration::from_millis(100), Duration::from_secs(1)),
             clock: liveness::system_clock(),
+        },
+        loops.clone(),
+        &tracker,
+    );
+
+    deploy::start(
+        node.clone(),
+        deploy::DeployOptions {
+            data_dir: cfg.data_dir.clone(),
+            node_grace: cfg.node_grace,
+            heartbeat_interval: (cfg.heartbeat_ttl / 6).max(Duration::from_millis(200)),
         },
         loops.clone(),
         &tracker,

@@ -116,7 +116,7 @@ mod tests {
         assert_eq!(decode_state(golden.as_bytes()).unwrap(), s);
         let golden_with_components = golden.replace(
             "\"removed_nodes\":[9]}",
-            "\"removed_nodes\":[9],\"components\":{}}",
+            "\"removed_nodes\":[9],\"components\":{},\"placements\":{}}",
         );
         assert_eq!(String::from_utf8(bytes).unwrap(), golden_with_components);
         assert_eq!(decode_state(golden_with_components.as_bytes()).unwrap(), s);

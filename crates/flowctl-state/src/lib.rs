@@ -15,6 +15,7 @@ pub mod codec;
 pub mod components;
 pub mod ids;
 pub mod pipelines;
+pub mod placements;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +39,8 @@ pub enum Command {
     UnregisterComponent(components::Unregister),
     /// A liveness transition decided by the leader.
     SetComponentHealth(components::SetHealth),
+    /// The leader's placement of a pipeline's instances on nodes.
+    SetPlacement(placements::SetPlacement),
     /// Several commands proposed together as one log entry (the leader batches concurrent
     /// proposals). They apply in order; each gets its own outcome.
     Batch(Vec<Command>),
@@ -79,6 +82,10 @@ pub enum Outcome {
         healthy: bool,
     },
     HealthUnchanged,
+    PlacementSet {
+        pipeline: String,
+    },
+    PlacementUnchanged,
     Rejected(Rejection),
     /// The outcomes of a [`Command::Batch`], in order.
     Batch(Vec<Outcome>),
@@ -90,6 +97,7 @@ pub enum Touched {
     Pipeline(String),
     RemovedNode(NodeId),
     Component(ComponentId),
+    Placement(String),
 }
 
 /// The whole replicated application state.
@@ -99,6 +107,9 @@ pub struct State {
     pub removed_nodes: BTreeSet<NodeId>,
     #[serde(default)]
     pub components: BTreeMap<ComponentId, ComponentRecord>,
+    /// Placements by pipeline name.
+    #[serde(default)]
+    pub placements: BTreeMap<String, placements::Placement>,
     /// Index of pipeline ids to names: derived from `pipelines`, never persisted. `apply`
     /// rebuilds it when it is out of step (after decoding or loading from disk).
     #[serde(skip)]
@@ -111,6 +122,7 @@ impl PartialEq for State {
         self.pipelines == other.pipelines
             && self.removed_nodes == other.removed_nodes
             && self.components == other.components
+            && self.placements == other.placements
     }
 }
 
@@ -124,6 +136,7 @@ pub fn apply(state: &mut State, index: u64, cmd: &Command) -> (Outcome, Vec<Touc
         Command::RegisterComponent(c) => components::register(state, index, c),
         Command::UnregisterComponent(c) => components::unregister(state, c),
         Command::SetComponentHealth(c) => components::set_health(state, index, c),
+        Command::SetPlacement(c) => placements::set(state, index, c),
         Command::Batch(cmds) => {
             let mut outcomes = Vec::with_capacity(cmds.len());
             let mut touched = Vec::new();

@@ -124,11 +124,15 @@ pub(crate) fn delete_pipeline(state: &mut State, c: &DeletePipeline) -> (Outcome
     match state.pipelines.remove(&c.name) {
         Some(rec) => {
             state.pipeline_ids.remove(&rec.id);
+            let mut touched = vec![Touched::Pipeline(c.name.clone())];
+            if state.placements.remove(&c.name).is_some() {
+                touched.push(Touched::Placement(c.name.clone()));
+            }
             (
                 Outcome::PipelineDeleted {
                     name: c.name.clone(),
                 },
-                vec![Touched::Pipeline(c.name.clone())],
+                touched,
             )
         }
         None => (

@@ -21,6 +21,7 @@ const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const PIPELINE_PREFIX: &str = "p/";
 const REMOVED_PREFIX: &str = "r/";
 const COMPONENT_PREFIX: &str = "c/";
+const PLACEMENT_PREFIX: &str = "l/";
 
 /// What has been applied, as openraft sees it.
 #[derive(Debug, Clone, Default)]
@@ -87,6 +88,10 @@ fn pipeline_key(name: &str) -> Vec<u8> {
     format!("{PIPELINE_PREFIX}{name}").into_bytes()
 }
 
+fn placement_key(pipeline: &str) -> Vec<u8> {
+    format!("{PLACEMENT_PREFIX}{pipeline}").into_bytes()
+}
+
 fn component_key(id: &ComponentId) -> Vec<u8> {
     format!("{COMPONENT_PREFIX}{}", id.0).into_bytes()
 }
@@ -104,6 +109,9 @@ impl StateMachineStore {
             if let Some(name) = key.strip_prefix(PIPELINE_PREFIX) {
                 let rec = codec::decode_pipeline(&v).map_err(sm_read)?;
                 inner.state.pipelines.insert(name.to_owned(), rec);
+            } else if let Some(name) = key.strip_prefix(PLACEMENT_PREFIX) {
+                let p = codec::decode("placement", &v).map_err(sm_read)?;
+                inner.state.placements.insert(name.to_owned(), p);
             } else if key.starts_with(COMPONENT_PREFIX) {
                 let rec: ComponentRecord =
                     codec::decode("component record", &v).map_err(sm_read)?;
@@ -236,6 +244,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         ),
                         None => batch.delete_cf(sm, pipeline_key(&name)),
                     },
+                    Touched::Placement(name) => match g.state.placements.get(&name) {
+                        Some(p) => batch.put_cf(
+                            sm,
+                            placement_key(&name),
+                            codec::encode("placement", p).map_err(sm_write)?,
+                        ),
+                        None => batch.delete_cf(sm, placement_key(&name)),
+                    },
                     Touched::Component(id) => match g.state.components.get(&id) {
                         Some(rec) => batch.put_cf(
                             sm,
@@ -337,6 +353,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     sm,
                     pipeline_key(name),
                     codec::encode_pipeline(rec).map_err(sm_write)?,
+                );
+            }
+            for (name, p) in &state2.placements {
+                batch.put_cf(
+                    sm,
+                    placement_key(name),
+                    codec::encode("placement", p).map_err(sm_write)?,
                 );
             }
             for (id, rec) in &state2.components {

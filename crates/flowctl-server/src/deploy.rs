@@ -1,0 +1,608 @@
+//! Deployment with the `process` driver.
+//!
+//! ```text
+//! leader:   scheduler ── probes members ── places every instance on a live node ──▶ SetPlacement
+//! any node: supervisor ── reads its placements ── runs them as child processes, restarts them
+//! ```
+//!
+//! The scheduler keeps existing placements while their node is alive and moves the instances
+//! of a node that has not answered for `node_grace` to the least loaded live nodes. The
+//! supervisor starts what is placed on its node, stops what is not, restarts crashed instances
+//! with exponential backoff according to `restart_policy`, and replaces instances whose spec
+//! changed one at a time per component (a rolling change). Each instance's stdout and stderr
+//! go to `<data-dir>/logs/<pipeline>/<instance>.log`, rotated at [`LOG_CAP_BYTES`]; the output
+//! of the run before the last restart is kept as `.prev.log`.
+
+use flowctl_proto::internal::v1 as ipb;
+use flowctl_raft::RaftNode;
+use flowctl_spec::{Component, RestartPolicy, ValidatedPipeline};
+use flowctl_state::placements::{instance_key, SetPlacement};
+use flowctl_state::{Command, NodeId};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// A log file is rotated (to `.log.1`) when it grows past this.
+pub const LOG_CAP_BYTES: u64 = 8 * 1024 * 1024;
+const TICK: Duration = Duration::from_millis(500);
+const STOP_GRACE: Duration = Duration::from_secs(3);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct DeployOptions {
+    pub data_dir: PathBuf,
+    /// A node silent for this long loses its instances.
+    pub node_grace: Duration,
+    /// `FLOWCTL_HEARTBEAT_INTERVAL` given to components.
+    pub heartbeat_interval: Duration,
+}
+
+/// Parses and validates pipeline documents once per (name, generation).
+#[derive(Default)]
+struct SpecCache {
+    by_name: HashMap<String, (u64, Option<Arc<ValidatedPipeline>>)>,
+}
+
+impl SpecCache {
+    fn get(&mut self, name: &str, generation: u64, yaml: &str) -> Option<Arc<ValidatedPipeline>> {
+        if let Some((g, v)) = self.by_name.get(name) {
+            if *g == generation {
+                return v.clone();
+            }
+        }
+        let v = match flowctl_spec::validate_pipeline(name, yaml) {
+            Ok(v) => Some(Arc::new(v)),
+            Err(e) => {
+                tracing::warn!(pipeline = name, error = %e, "stored pipeline does not validate; not deploying it");
+                None
+            }
+        };
+        self.by_name
+            .insert(name.to_owned(), (generation, v.clone()));
+        v
+    }
+}
+
+/// Starts the scheduler and the supervisor; both stop on `cancel` (the supervisor stops its
+/// children first).
+pub fn start(
+    node: RaftNode,
+    opts: DeployOptions,
+    cancel: CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) {
+    tracker.spawn(run_scheduler(node.clone(), opts.clone(), cancel.clone()));
+    tracker.spawn(run_supervisor(node, opts, cancel));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scheduler (leader only)
+
+async fn probe(node: &RaftNode, addr: &str) -> bool {
+    let Ok(mut c) = node.peers().client(addr) else {
+        return false;
+    };
+    let mut req = tonic::Request::new(ipb::NodeStatusRequest {});
+    req.set_timeout(Duration::from_secs(1));
+    c.node_status(req).await.is_ok()
+}
+
+async fn run_scheduler(node: RaftNode, opts: DeployOptions, cancel: CancellationToken) {
+    let mut last_ok: HashMap<u64, Instant> = HashMap::new();
+    let mut specs = SpecCache::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !node.is_leader() {
+            last_ok.clear();
+            continue;
+        }
+        let st = node.status();
+        let now = Instant::now();
+        let probes = st.nodes.iter().map(|(&id, addr)| {
+            let node = node.clone();
+            let addr = addr.clone();
+            async move { (id, id == node.id() || probe(&node, &addr).await) }
+        });
+        for (id, ok) in futures::future::join_all(probes).await {
+            // A node first seen now (or by a new leader) gets a full grace period.
+            let seen = last_ok.entry(id).or_insert(now);
+            if ok {
+                *seen = now;
+            }
+        }
+        last_ok.retain(|id, _| st.nodes.contains_key(id));
+        let live: Vec<u64> = st
+            .nodes
+            .keys()
+            .copied()
+            .filter(|id| {
+                last_ok
+                    .get(id)
+                    .is_some_and(|t| now.duration_since(*t) < opts.node_grace)
+            })
+            .collect();
+        if live.is_empty() {
+            continue;
+        }
+        let (pipelines, placements) = node
+            .read_stale(|s| (s.pipelines.clone(), s.placements.clone()))
+            .0;
+        // Load: instances kept where they are, counted first across all pipelines.
+        let mut load: BTreeMap<u64, usize> = live.iter().map(|&n| (n, 0)).collect();
+        for p in placements.values() {
+            for n in p.instances.values() {
+                if let Some(l) = load.get_mut(&n.0) {
+                    *l += 1;
+                }
+            }
+        }
+        for (name, rec) in &pipelines {
+            let Some(spec) = specs.get(name, rec.generation, &rec.spec_yaml) else {
+                continue;
+            };
+            let old = placements.get(name);
+            let mut instances = BTreeMap::new();
+            for (_, c) in spec.components() {
+                for r in 0..c.replicas {
+                    let key = instance_key(c.id.as_str(), r);
+                    let kept = old
+                        .and_then(|o| o.instances.get(&key))
+                        .filter(|n| live.contains(&n.0))
+                        .copied();
+                    let n = match kept {
+                        Some(n) => n,
+                        None => {
+                            let (&best, _) = load
+                                .iter()
+                                .min_by_key(|(id, l)| (**l, **id))
+                                .expect("live is not empty");
+                            *load.entry(best).or_default() += 1;
+                            NodeId(best)
+                        }
+                    };
+                    instances.insert(key, n);
+                }
+            }
+            let unchanged =
+                old.is_some_and(|o| o.generation == rec.generation && o.instances == instances);
+            if unchanged {
+                continue;
+            }
+            let cmd = Command::SetPlacement(SetPlacement {
+                pipeline: name.clone(),
+                generation: rec.generation,
+                instances,
+            });
+            match node.propose(cmd).await {
+                Ok(_) => {
+                    tracing::info!(pipeline = %name, generation = rec.generation, "placed pipeline instances")
+                }
+                Err(e) => tracing::warn!(pipeline = %name, error = %e, "placement not committed"),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Supervisor (every node)
+
+/// What one instance should run.
+#[derive(Debug, Clone, PartialEq)]
+struct Desired {
+    pipeline: String,
+    key: String,
+    component: String,
+    program: String,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    policy: RestartPolicy,
+}
+
+struct Running {
+    desired: Desired,
+    child: Option<tokio::process::Child>,
+    restarts: u32,
+    next_start: Instant,
+    /// Set once the instance exited and will not be restarted (policy).
+    done: bool,
+}
+
+/// `config` keys become UPPER_SNAKE environment variables.
+fn env_name(key: &str) -> String {
+    let mut out = String::new();
+    let mut prev_lower = false;
+    for ch in key.chars() {
+        if ch.is_ascii_alphanumeric() {
+            if ch.is_ascii_uppercase() && prev_lower {
+                out.push('_');
+            }
+            prev_lower = ch.is_ascii_lowercase() || ch.is_ascii_digit();
+            out.push(ch.to_ascii_uppercase());
+        } else {
+            prev_lower = false;
+            if !out.ends_with('_') {
+                out.push('_');
+            }
+        }
+    }
+    out
+}
+
+fn instance_env(
+    p: &ValidatedPipeline,
+    c: &Component,
+    replica: u32,
+    endpoints: &str,
+    opts: &DeployOptions,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for (k, v) in &c.config {
+        let v = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        env.insert(env_name(k), v);
+    }
+    for (k, v) in &c.env {
+        env.insert(k.clone(), v.clone());
+    }
+    let id = if c.replicas > 1 {
+        format!("{}-{replica}", c.id.as_str())
+    } else {
+        c.id.as_str().to_owned()
+    };
+    env.insert("ENABLE_FLOWCTL".into(), "true".into());
+    env.insert("FLOWCTL_ENDPOINT".into(), endpoints.to_owned());
+    env.insert("FLOWCTL_COMPONENT_ID".into(), id);
+    env.insert(
+        "FLOWCTL_HEARTBEAT_INTERVAL_MS".into(),
+        opts.heartbeat_interval.as_millis().to_string(),
+    );
+    env.insert("FLOWCTL_PIPELINE".into(), p.name().to_owned());
+    env.insert("FLOWCTL_REPLICA".into(), replica.to_string());
+    if let Some(port) = c.health_port_of(replica) {
+        env.insert("HEALTH_PORT".into(), port.to_string());
+    }
+    env.insert("KAFKA_BROKERS".into(), p.spec().bus.brokers.join(","));
+    let inputs: Vec<String> = c
+        .inputs
+        .iter()
+        .map(|i| flowctl_spec::topic_name(p, i))
+        .collect();
+    env.insert("INPUT_TOPICS".into(), inputs.join(","));
+    env.insert("OUTPUT_TOPIC".into(), flowctl_spec::topic_name(p, &c.id));
+    env
+}
+
+fn desired_here(
+    node: &RaftNode,
+    specs: &mut SpecCache,
+    opts: &DeployOptions,
+) -> BTreeMap<(String, String), Desired> {
+    let me = NodeId(node.id());
+    let (pipelines, placements) = node
+        .read_stale(|s| (s.pipelines.clone(), s.placements.clone()))
+        .0;
+    let endpoints = node
+        .status()
+        .nodes
+        .values()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut out = BTreeMap::new();
+    for (name, placement) in &placements {
+        let Some(rec) = pipelines.get(name) else {
+            continue;
+        };
+        if placement.generation != rec.generation {
+            // Wait for the scheduler to place the new generation.
+            continue;
+        }
+        let Some(spec) = specs.get(name, rec.generation, &rec.spec_yaml) else {
+            continue;
+        };
+        for (key, n) in &placement.instances {
+            if *n != me {
+                continue;
+            }
+            let Some((cid, replica)) = key.rsplit_once('/') else {
+                continue;
+            };
+            let Ok(replica) = replica.parse::<u32>() else {
+                continue;
+            };
+            let Some((_, c)) = spec.components().find(|(_, c)| c.id.as_str() == cid) else {
+                continue;
+            };
+            let Some((program, rest)) = c.command.split_first() else {
+                continue;
+            };
+            let mut args = rest.to_vec();
+            args.extend(c.args.iter().cloned());
+            out.insert(
+                (name.clone(), key.clone()),
+                Desired {
+                    pipeline: name.clone(),
+                    key: key.clone(),
+                    component: cid.to_owned(),
+                    program: program.clone(),
+                    args,
+                    env: instance_env(&spec, c, replica, &endpoints, opts),
+                    policy: c.restart_policy,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// The log file of an instance.
+pub fn log_path(data_dir: &Path, pipeline: &str, key: &str) -> PathBuf {
+    data_dir
+        .join("logs")
+        .join(pipeline)
+        .join(format!("{}.log", key.replace('/', "-")))
+}
+
+async fn start_instance(
+    d: &Desired,
+    opts: &DeployOptions,
+    tracker: &tokio_util::task::TaskTracker,
+) -> std::io::Result<tokio::process::Child> {
+    let path = log_path(&opts.data_dir, &d.pipeline, &d.key);
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    // Keep the previous run's output for `logs --previous`.
+    if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        let _ = tokio::fs::rename(&path, path.with_extension("prev.log")).await;
+    }
+    let workdir = opts
+        .data_dir
+        .join("work")
+        .join(&d.pipeline)
+        .join(d.key.replace('/', "-"));
+    tokio::fs::create_dir_all(&workdir).await?;
+    let mut cmd = tokio::process::Command::new(&d.program);
+    cmd.args(&d.args)
+        .envs(&d.env)
+        .current_dir(&workdir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    die_with_parent(&mut cmd);
+    let mut child = cmd.spawn()?;
+    if let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<String>(1024);
+        let tx2 = tx.clone();
+        tracker.spawn(pump(tokio::io::BufReader::new(out), tx));
+        tracker.spawn(pump(tokio::io::BufReader::new(err), tx2));
+        tracker.spawn(write_log(path, rx));
+    }
+    Ok(child)
+}
+
+/// Makes the child receive SIGKILL when this node's process dies, even by SIGKILL, so that
+/// a lost node leaves no orphaned instance running next to its replacement.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+    // is async-signal-safe; it allocates nothing and touches no shared state.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+async fn pump<R: tokio::io::AsyncBufRead + Unpin>(r: R, tx: tokio::sync::mpsc::Sender<String>) {
+    let mut lines = r.lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        // A full channel slows the child's output down rather than growing memory.
+        if tx.send(line).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Appends lines to the log file, rotating it at [`LOG_CAP_BYTES`].
+async fn write_log(path: PathBuf, mut rx: tokio::sync::mpsc::Receiver<String>) {
+    let open = |p: PathBuf| async move {
+        tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .await
+    };
+    let Ok(mut f) = open(path.clone()).await else {
+        return;
+    };
+    let mut size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    while let Some(line) = rx.recv().await {
+        if size > LOG_CAP_BYTES {
+            let _ = f.flush().await;
+            let _ = tokio::fs::rename(&path, path.with_extension("log.1")).await;
+            let Ok(nf) = open(path.clone()).await else {
+                return;
+            };
+            f = nf;
+            size = 0;
+        }
+        let bytes = format!("{line}\n");
+        size += bytes.len() as u64;
+        if f.write_all(bytes.as_bytes()).await.is_err() {
+            return;
+        }
+        let _ = f.flush().await;
+    }
+}
+
+async fn stop_instance(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+fn backoff(restarts: u32) -> Duration {
+    Duration::from_millis(500)
+        .saturating_mul(1u32 << restarts.min(8))
+        .min(MAX_BACKOFF)
+}
+
+async fn run_supervisor(node: RaftNode, opts: DeployOptions, cancel: CancellationToken) {
+    let mut specs = SpecCache::default();
+    let mut running: BTreeMap<(String, String), Running> = BTreeMap::new();
+    let pumps = tokio_util::task::TaskTracker::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let desired = desired_here(&node, &mut specs, &opts);
+        // Stop what is no longer placed here.
+        let gone: Vec<_> = running
+            .keys()
+            .filter(|k| !desired.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(mut r) = running.remove(&k) {
+                if let Some(c) = r.child.as_mut() {
+                    stop_instance(c).await;
+                }
+                tracing::info!(pipeline = %k.0, instance = %k.1, "stopped instance");
+            }
+        }
+        // One rolling replacement per component per tick.
+        let mut rolled: HashSet<(String, String)> = HashSet::new();
+        let now = Instant::now();
+        for (k, d) in &desired {
+            let comp = (d.pipeline.clone(), d.component.clone());
+            match running.get_mut(k) {
+                None => {
+                    let child = match start_instance(d, &opts, &pumps).await {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            tracing::warn!(pipeline = %d.pipeline, instance = %d.key, error = %e, "cannot start instance");
+                            None
+                        }
+                    };
+                    if child.is_some() {
+                        tracing::info!(pipeline = %d.pipeline, instance = %d.key, "started instance");
+                    }
+                    running.insert(
+                        k.clone(),
+                        Running {
+                            desired: d.clone(),
+                            restarts: 0,
+                            next_start: now + backoff(0),
+                            done: false,
+                            child,
+                        },
+                    );
+                }
+                Some(r) if r.desired != *d => {
+                    if !rolled.insert(comp) {
+                        continue;
+                    }
+                    if let Some(c) = r.child.as_mut() {
+                        stop_instance(c).await;
+                    }
+                    r.child = start_instance(d, &opts, &pumps).await.ok();
+                    r.desired = d.clone();
+                    r.restarts = 0;
+                    r.done = false;
+                    tracing::info!(pipeline = %d.pipeline, instance = %d.key, "replaced instance with the changed spec");
+                    metrics::counter!("flowctl_supervisor_replacements_total").increment(1);
+                }
+                Some(r) => {
+                    if r.done {
+                        continue;
+                    }
+                    let exited = match r.child.as_mut() {
+                        Some(c) => match c.try_wait() {
+                            Ok(Some(status)) => Some(status.success()),
+                            Ok(None) => None,
+                            Err(_) => Some(false),
+                        },
+                        None => Some(false),
+                    };
+                    let Some(success) = exited else { continue };
+                    if r.child.is_some() {
+                        tracing::info!(pipeline = %d.pipeline, instance = %d.key, success, restarts = r.restarts, "instance exited");
+                        r.child = None;
+                        r.next_start = now + backoff(r.restarts);
+                    }
+                    let restart = match d.policy {
+                        RestartPolicy::Always => true,
+                        RestartPolicy::OnFailure => !success,
+                        RestartPolicy::Never => false,
+                    };
+                    if !restart {
+                        r.done = true;
+                        continue;
+                    }
+                    if now >= r.next_start {
+                        r.child = start_instance(d, &opts, &pumps).await.ok();
+                        r.restarts += 1;
+                        r.next_start = now + backoff(r.restarts);
+                        metrics::counter!("flowctl_supervisor_restarts_total").increment(1);
+                        tracing::info!(pipeline = %d.pipeline, instance = %d.key, restarts = r.restarts, "restarted instance");
+                    }
+                }
+            }
+        }
+        metrics::gauge!("flowctl_supervisor_instances")
+            .set(running.values().filter(|r| r.child.is_some()).count() as f64);
+    }
+    // Shutting down: stop every child before the node exits.
+    for (_, mut r) in std::mem::take(&mut running) {
+        if let Some(c) = r.child.as_mut() {
+            stop_instance(c).await;
+        }
+    }
+    pumps.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), pumps.wait()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_keys_become_upper_snake_env_names() {
+        assert_eq!(env_name("startLedger"), "START_LEDGER");
+        assert_eq!(env_name("network.passphrase"), "NETWORK_PASSPHRASE");
+        assert_eq!(env_name("batch_size"), "BATCH_SIZE");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(500));
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(20), MAX_BACKOFF);
+    }
+}

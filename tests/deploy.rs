@@ -1,0 +1,249 @@
+//! Deployment with the `process` driver on a real 3-node cluster: the example components
+//! (which register through flowctl-agent) run as supervised child processes.
+//!
+//! Needs the example binaries next to `flowctl` (`cargo build --workspace --bins`, which
+//! `scripts/test.sh` runs).
+
+#![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is the failure report.
+
+use flowctl_testkit::{flowctl_bin, wait_until, Cluster, ClusterOptions};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn example_bin(name: &str) -> PathBuf {
+    let p = flowctl_bin().unwrap().parent().unwrap().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the examples first (cargo build --workspace --bins)",
+        p.display()
+    );
+    p
+}
+
+/// A running instance of the pipeline, found through /proc.
+#[derive(Debug, Clone)]
+struct Proc {
+    pid: u32,
+    ppid: u32,
+    env: HashMap<String, String>,
+}
+
+fn instances(pipeline: &str) -> Vec<Proc> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let env: HashMap<String, String> = environ
+            .split(|b| *b == 0)
+            .filter_map(|kv| {
+                let s = String::from_utf8_lossy(kv);
+                s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
+            .collect();
+        if env.get("FLOWCTL_PIPELINE").map(String::as_str) != Some(pipeline) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Skip zombies: state is the first field after the command name.
+        let after = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim().to_owned())
+            .unwrap_or_default();
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.first() == Some(&"Z") {
+            continue;
+        }
+        let ppid = fields.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        out.push(Proc { pid, ppid, env });
+    }
+    out
+}
+
+fn instance_of<'a>(procs: &'a [Proc], component: &str) -> Option<&'a Proc> {
+    procs
+        .iter()
+        .find(|p| p.env.get("FLOWCTL_COMPONENT_ID").map(String::as_str) == Some(component))
+}
+
+fn pipeline_doc(name: &str, my_var: &str) -> String {
+    let src = example_bin("source-registration");
+    let proc_ = example_bin("processor-registration");
+    let sink = example_bin("consumer-registration");
+    format!(
+        r#"apiVersion: flowctl/v1
+kind: Pipeline
+metadata:
+  name: {name}
+spec:
+  sources:
+    - id: src
+      command: ["{src}"]
+      output_event_types: [stellar.ledger.v1.LedgerCloseMeta]
+      restart_policy: always
+  processors:
+    - id: proc
+      command: ["{proc_}"]
+      inputs: [src]
+      input_event_types: [stellar.ledger.v1.LedgerCloseMeta]
+      output_event_types: [token_transfer.v1.TokenTransferEvent]
+      env:
+        MY_VAR: "{my_var}"
+      restart_policy: always
+  sinks:
+    - id: sink
+      command: ["{sink}"]
+      inputs: [proc]
+      input_event_types: [token_transfer.v1.TokenTransferEvent]
+      restart_policy: always
+"#,
+        src = src.display(),
+        proc_ = proc_.display(),
+        sink = sink.display()
+    )
+}
+
+fn healthy(c: &Cluster, node: usize) -> Vec<String> {
+    c.json(node, &["list", "--timeout", "5"])
+        .map(|v| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .filter(|x| x["status"] == "healthy")
+                .map(|x| x["id"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and_changes() {
+    let mut c = Cluster::start(
+        3,
+        ClusterOptions {
+            extra_args: vec![
+                "--node-grace".into(),
+                "3".into(),
+                "--heartbeat-ttl".into(),
+                "3".into(),
+            ],
+        },
+    )
+    .unwrap();
+    let name = "deploy-test";
+    let file = c.dir().join("p.yaml");
+    std::fs::write(&file, pipeline_doc(name, "v1")).unwrap();
+    let out = c
+        .flowctl(1, &["apply", "-f", file.to_str().unwrap()])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // They run, register through the agent, and become healthy.
+    wait_until(Duration::from_secs(30), || {
+        let h = healthy(&c, 2);
+        ["src", "proc", "sink"]
+            .iter()
+            .all(|id| h.iter().any(|x| x == id))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "components did not become healthy: {e}\n{}",
+            c.log_tail(0, 30)
+        )
+    });
+    let procs = instances(name);
+    assert_eq!(procs.len(), 3, "{procs:?}");
+    let p = instance_of(&procs, "proc").unwrap();
+    assert_eq!(p.env["MY_VAR"], "v1");
+    assert_eq!(p.env["ENABLE_FLOWCTL"], "true");
+    assert!(p.env["FLOWCTL_ENDPOINT"].split(',').count() == 3);
+    assert_eq!(p.env["INPUT_TOPICS"], "flowctl.deploy-test.src");
+    assert_eq!(p.env["OUTPUT_TOPIC"], "flowctl.deploy-test.proc");
+
+    // Their output is kept on the node that runs them.
+    let node_of = |ppid: u32, c: &Cluster| c.nodes.iter().position(|n| n.pid() == Some(ppid));
+    let runs_on = node_of(p.ppid, &c).expect("the processor is a child of a flowctl node");
+    let log = c.nodes[runs_on]
+        .data_dir
+        .join("logs")
+        .join(name)
+        .join("proc-0.log");
+    wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .map(|t| !t.is_empty())
+            .unwrap_or(false)
+    })
+    .unwrap_or_else(|e| panic!("no output in {}: {e}", log.display()));
+
+    // SIGKILL a child: it is restarted.
+    let old = p.pid;
+    std::process::Command::new("kill")
+        .args(["-KILL", &old.to_string()])
+        .status()
+        .unwrap();
+    wait_until(Duration::from_secs(15), || {
+        instance_of(&instances(name), "proc").is_some_and(|p| p.pid != old)
+    })
+    .unwrap();
+
+    // Re-apply with a changed env: the instance is replaced and sees the new value.
+    std::fs::write(&file, pipeline_doc(name, "v2")).unwrap();
+    let out = c
+        .flowctl(0, &["apply", "-f", file.to_str().unwrap()])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(Duration::from_secs(20), || {
+        instance_of(&instances(name), "proc").is_some_and(|p| p.env["MY_VAR"] == "v2")
+    })
+    .unwrap();
+
+    // SIGKILL the node that runs the sink: the sink runs on another node within the grace
+    // period plus a few seconds, and the killed node's children died with it.
+    let sink = instance_of(&instances(name), "sink").cloned().unwrap();
+    let victim = node_of(sink.ppid, &c).unwrap();
+    c.kill(victim);
+    wait_until(Duration::from_secs(25), || {
+        let procs = instances(name);
+        let sinks: Vec<_> = procs
+            .iter()
+            .filter(|p| p.env.get("FLOWCTL_COMPONENT_ID").map(String::as_str) == Some("sink"))
+            .collect();
+        sinks.len() == 1 && sinks[0].pid != sink.pid && node_of(sinks[0].ppid, &c).is_some()
+    })
+    .unwrap_or_else(|e| panic!("sink was not moved: {e}: {:?}", instances(name)));
+
+    // The killed node restarts and converges: nothing runs twice.
+    c.restart(victim).unwrap();
+    c.wait_ready(victim, Duration::from_secs(30)).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let procs = instances(name);
+    for id in ["src", "proc", "sink"] {
+        let n = procs
+            .iter()
+            .filter(|p| p.env.get("FLOWCTL_COMPONENT_ID").map(String::as_str) == Some(id))
+            .count();
+        assert_eq!(n, 1, "{id} runs {n} times: {procs:?}");
+    }
+
+    // Delete: no process of the pipeline is left.
+    let out = c.flowctl(2, &["delete", "pipeline", name]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(Duration::from_secs(15), || instances(name).is_empty())
+        .unwrap_or_else(|e| panic!("processes left after delete: {e}: {:?}", instances(name)));
+}
