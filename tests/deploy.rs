@@ -183,6 +183,42 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
     })
     .unwrap_or_else(|e| panic!("no output in {}: {e}", log.display()));
 
+    // `flowctl logs` from a node that does not run the instance.
+    let other = (runs_on + 1) % 3;
+    let out = c
+        .flowctl(other, &["logs", "proc", "--pipeline", name, "--tail", "5"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !text.is_empty() && text.lines().all(|l| l.starts_with("[deploy-test/proc/0] ")),
+        "{text}"
+    );
+    // --follow keeps streaming until the client goes away.
+    let mut follow = std::process::Command::new(flowctl_bin().unwrap())
+        .args([
+            "logs",
+            "src",
+            "--follow",
+            "--endpoints",
+            &c.nodes[other].addr,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "logs --follow exited early"
+    );
+    follow.kill().unwrap();
+    let followed = follow.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&followed.stdout).contains("[deploy-test/src/0] "));
+
     // SIGKILL a child: it is restarted.
     let old = p.pid;
     std::process::Command::new("kill")

@@ -516,6 +516,53 @@ pub async fn describe_component(g: &Global, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Arguments of `flowctl logs`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogsArgs {
+    /// The component id.
+    pub component: String,
+    /// Only this pipeline's instances.
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// Keep streaming new output.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only the last N lines of each instance (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub tail: u32,
+    /// The output of the run before the last restart.
+    #[arg(long)]
+    pub previous: bool,
+}
+
+pub async fn logs(g: &Global, a: &LogsArgs) -> anyhow::Result<()> {
+    use flowctl_client::proto::admin::v1::log_service_client::LogServiceClient;
+    let c = client(g)?;
+    let req = pb::LogsRequest {
+        component: a.component.clone(),
+        pipeline: a.pipeline.clone().unwrap_or_default(),
+        follow: a.follow,
+        tail: a.tail,
+        previous: a.previous,
+        local_only: false,
+        instance: String::new(),
+    };
+    // Only opening the stream is retried across endpoints; a stream is not resumed.
+    let mut stream = c
+        .call(|ch| {
+            let req = req.clone();
+            async move { LogServiceClient::new(ch).logs(req).await }
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    while let Some(item) = stream.message().await.transpose() {
+        let line = item.map_err(status_err)?;
+        println!("[{}] {}", line.instance, line.line);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

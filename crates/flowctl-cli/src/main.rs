@@ -69,6 +69,8 @@ enum Command {
         #[command(subcommand)]
         what: DescribeWhat,
     },
+    /// Output of a component's instances, from whichever node runs them.
+    Logs(commands::LogsArgs),
     /// Show resources.
     Get {
         #[command(subcommand)]
@@ -149,6 +151,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server_cmd::run(args).await,
+            Command::Logs(a) => commands::logs(&cli.global, &a).await,
             Command::Apply { file } => commands::apply(&cli.global, &file).await,
             Command::Get {
                 what: GetWhat::Pipelines,

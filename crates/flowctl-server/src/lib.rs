@@ -24,6 +24,7 @@ pub mod errors;
 mod grpc_metrics;
 mod http;
 pub mod liveness;
+pub mod logs;
 pub mod node_meta;
 pub mod pipelines;
 pub mod wire;
@@ -124,7 +125,10 @@ pub async fn run(
         let cluster_id = cluster_id.clone();
         let stop = grpc_stop.clone();
         let max = cfg.max_request_bytes;
-        tracker.spawn(async move { serve_grpc(listener, node, live, cluster_id, max, stop).await })
+        let data_dir = cfg.data_dir.clone();
+        tracker.spawn(async move {
+            serve_grpc(listener, node, live, data_dir, cluster_id, max, stop).await
+        })
     };
     if let Some(l) = metrics_listener {
         let node = node.clone();
@@ -194,6 +198,7 @@ async fn serve_grpc(
     listener: TcpListener,
     node: RaftNode,
     live: liveness::LivenessHandle,
+    data_dir: std::path::PathBuf,
     cluster_id: Arc<RwLock<String>>,
     max_request_bytes: usize,
     stop: CancellationToken,
@@ -258,6 +263,12 @@ async fn serve_grpc(
         .add_service(v1_api)
         .add_service(components_api)
         .add_service(liveness_internal)
+        .add_service(
+            flowctl_proto::admin::v1::log_service_server::LogServiceServer::new(logs::LogApi {
+                node: node.clone(),
+                data_dir,
+            }),
+        )
         .add_service(health)
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, stop.cancelled())
