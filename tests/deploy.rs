@@ -146,6 +146,11 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
         String::from_utf8_lossy(&out.stderr)
     );
 
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    for id in ["src", "proc", "sink"] {
+        assert!(said.contains(&format!("start {id}")), "{said}");
+    }
+
     // They run, register through the agent, and become healthy.
     wait_until(Duration::from_secs(30), || {
         let h = healthy(&c, 2);
@@ -182,6 +187,20 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
             .unwrap_or(false)
     })
     .unwrap_or_else(|e| panic!("no output in {}: {e}", log.display()));
+
+    // READY and STATUS once all instances are healthy; describe shows where they run.
+    wait_until(Duration::from_secs(15), || {
+        c.json(0, &["get", "pipeline", name])
+            .map(|v| v["ready"] == 3 && v["desired"] == 3 && v["status"] == "Running")
+            .unwrap_or(false)
+    })
+    .unwrap();
+    let described = c.flowctl(0, &["describe", "pipeline", name]).unwrap();
+    let described = String::from_utf8_lossy(&described.stdout).into_owned();
+    assert!(
+        described.contains("proc/0") && described.contains("Running (3/3 ready)"),
+        "{described}"
+    );
 
     // `flowctl logs` from a node that does not run the instance.
     let other = (runs_on + 1) % 3;
@@ -230,8 +249,23 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
     })
     .unwrap();
 
-    // Re-apply with a changed env: the instance is replaced and sees the new value.
+    // Re-apply with a changed env: a dry run shows the diff and stores nothing; the real
+    // apply restarts only that component, whose new instance sees the new value.
     std::fs::write(&file, pipeline_doc(name, "v2")).unwrap();
+    let dry = c
+        .flowctl(0, &["apply", "--dry-run", "-f", file.to_str().unwrap()])
+        .unwrap();
+    let dry = String::from_utf8_lossy(&dry.stdout).into_owned();
+    assert!(
+        dry.contains("restart proc")
+            && dry.contains("-         MY_VAR: \"v1\"")
+            && dry.contains("+         MY_VAR: \"v2\""),
+        "{dry}"
+    );
+    assert_eq!(
+        c.json(0, &["get", "pipeline", name]).unwrap()["generation"],
+        1
+    );
     let out = c
         .flowctl(0, &["apply", "-f", file.to_str().unwrap()])
         .unwrap();
@@ -239,6 +273,11 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("restart proc") && !said.contains("restart src"),
+        "{said}"
     );
     wait_until(Duration::from_secs(20), || {
         instance_of(&instances(name), "proc").is_some_and(|p| p.env["MY_VAR"] == "v2")

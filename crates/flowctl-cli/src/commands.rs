@@ -91,6 +91,9 @@ fn pipeline_json(p: &pb::Pipeline) -> Value {
         "revision": p.revision,
         "created_at": rfc3339(ts_ms(&p.created_at)),
         "updated_at": rfc3339(ts_ms(&p.updated_at)),
+        "ready": p.ready,
+        "desired": p.desired,
+        "status": p.status,
         "spec_yaml": p.spec_yaml,
     })
 }
@@ -98,9 +101,18 @@ fn pipeline_json(p: &pb::Pipeline) -> Value {
 fn pipeline_rows(ps: &[pb::Pipeline], wide: bool) -> Vec<Vec<String>> {
     let now = now_ms();
     let mut rows = vec![if wide {
-        vec!["NAME", "ID", "GENERATION", "REVISION", "CREATED", "UPDATED"]
+        vec![
+            "NAME",
+            "ID",
+            "GENERATION",
+            "READY",
+            "STATUS",
+            "REVISION",
+            "CREATED",
+            "UPDATED",
+        ]
     } else {
-        vec!["NAME", "ID", "GENERATION", "AGE"]
+        vec!["NAME", "ID", "GENERATION", "READY", "STATUS", "AGE"]
     }
     .into_iter()
     .map(String::from)
@@ -112,6 +124,8 @@ fn pipeline_rows(ps: &[pb::Pipeline], wide: bool) -> Vec<Vec<String>> {
                 p.name.clone(),
                 p.id.clone(),
                 p.generation.to_string(),
+                format!("{}/{}", p.ready, p.desired),
+                p.status.clone(),
                 p.revision.to_string(),
                 rfc3339(created),
                 rfc3339(ts_ms(&p.updated_at)),
@@ -139,44 +153,195 @@ fn note_stale(g: &Global, meta: &Option<pb::ReadMeta>) {
     }
 }
 
-pub async fn apply(g: &Global, file: &str) -> anyhow::Result<()> {
-    let yaml = if file == "-" {
-        std::io::read_to_string(std::io::stdin()).context("while reading standard input")?
-    } else {
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
-    };
-    // Check locally first: the same rules the server applies, without a round trip.
-    flowctl_spec::validate_pipeline(file, &yaml)?;
+/// The files `-f` names: a file, `-` (standard input), or every `.yaml`/`.yml` file of a
+/// directory in name order.
+fn apply_inputs(file: &str) -> anyhow::Result<Vec<(String, String)>> {
+    if file == "-" {
+        let text =
+            std::io::read_to_string(std::io::stdin()).context("while reading standard input")?;
+        return Ok(vec![("-".into(), text)]);
+    }
+    let path = std::path::Path::new(file);
+    if path.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot read directory {file}"))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            anyhow::bail!("{file} has no .yaml or .yml files");
+        }
+        return files
+            .into_iter()
+            .map(|p| {
+                let name = p.display().to_string();
+                std::fs::read_to_string(&p)
+                    .with_context(|| format!("cannot read {name}"))
+                    .map(|t| (name, t))
+            })
+            .collect();
+    }
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
+    Ok(vec![(file.to_owned(), text)])
+}
+
+/// A minimal line diff (longest common subsequence), `-`/`+`/` ` prefixed.
+fn line_diff(old: &str, new: &str) -> Vec<String> {
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    let (n, m) = (a.len(), b.len());
+    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < n || j < m {
+        if i < n && j < m && a[i] == b[j] {
+            out.push(format!("  {}", a[i]));
+            i += 1;
+            j += 1;
+        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            out.push(format!("+ {}", b[j]));
+            j += 1;
+        } else {
+            out.push(format!("- {}", a[i]));
+            i += 1;
+        }
+    }
+    out
+}
+
+pub async fn apply(g: &Global, file: &str, dry_run: bool) -> anyhow::Result<()> {
+    let inputs = apply_inputs(file)?;
+    // Check every file locally first (the same rules the server applies), so that a bad file
+    // in a directory stops the whole apply before anything is stored.
+    for (name, text) in &inputs {
+        flowctl_spec::validate_pipeline(name, text)?;
+    }
     let c = client(g)?;
-    let req = pb::ApplyPipelineRequest {
-        yaml,
-        file_name: file.to_owned(),
+    let mut reports = Vec::new();
+    for (name, yaml) in inputs {
+        let req = pb::ApplyPipelineRequest {
+            yaml: yaml.clone(),
+            file_name: name,
+            dry_run,
+        };
+        let resp = c
+            .call(|ch| {
+                let req = req.clone();
+                async move { pipelines(ch).apply_pipeline(req).await }
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        let p = resp.pipeline.clone().unwrap_or_default();
+        let result = match pb::ApplyResult::try_from(resp.result) {
+            Ok(pb::ApplyResult::Created) => "created",
+            Ok(pb::ApplyResult::Configured) => "configured",
+            Ok(pb::ApplyResult::Unchanged) => "unchanged",
+            _ => "applied",
+        };
+        let name = flowctl_spec::validate_pipeline("-", &yaml)
+            .map(|v| v.name().to_owned())
+            .unwrap_or_default();
+        match g.output {
+            Format::Table | Format::Wide => {
+                let suffix = if dry_run { " (dry run)" } else { "" };
+                if p.id.is_empty() {
+                    println!("pipeline/{name} {result}{suffix}");
+                } else {
+                    println!(
+                        "pipeline/{name} {result}{suffix} (id {}, generation {})",
+                        p.id, p.generation
+                    );
+                }
+                for ch in &resp.changes {
+                    println!("  {} {}", ch.action, ch.component);
+                }
+                if dry_run && result != "unchanged" {
+                    for l in line_diff(&resp.stored_yaml, &yaml) {
+                        println!("{l}");
+                    }
+                }
+            }
+            _ => {
+                let mut v = if p.id.is_empty() {
+                    json!({ "name": name })
+                } else {
+                    pipeline_json(&p)
+                };
+                v["result"] = json!(result);
+                v["dry_run"] = json!(dry_run);
+                v["applied_index"] = json!(resp.applied_index);
+                v["changes"] = json!(resp
+                    .changes
+                    .iter()
+                    .map(|c| json!({"component": c.component, "action": c.action}))
+                    .collect::<Vec<_>>());
+                reports.push(v);
+            }
+        }
+    }
+    if !matches!(g.output, Format::Table | Format::Wide) {
+        let v = if reports.len() == 1 {
+            reports.remove(0)
+        } else {
+            Value::Array(reports)
+        };
+        print(g.output, &v, |_| vec![])?;
+    }
+    Ok(())
+}
+
+pub async fn describe_pipeline(g: &Global, name: &str) -> anyhow::Result<()> {
+    let c = client(g)?;
+    let req = pb::GetPipelineRequest {
+        name: name.to_owned(),
+        consistency: consistency(g),
     };
     let resp = c
         .call(|ch| {
             let req = req.clone();
-            async move { pipelines(ch).apply_pipeline(req).await }
+            async move { pipelines(ch).get_pipeline(req).await }
         })
         .await
         .map_err(status_err)?
         .into_inner();
     let p = resp.pipeline.unwrap_or_default();
-    let result = match pb::ApplyResult::try_from(resp.result) {
-        Ok(pb::ApplyResult::Created) => "created",
-        Ok(pb::ApplyResult::Configured) => "configured",
-        Ok(pb::ApplyResult::Unchanged) => "unchanged",
-        _ => "applied",
-    };
+    let mut v = pipeline_json(&p);
+    v["placements"] = json!(p
+        .placements
+        .iter()
+        .collect::<std::collections::BTreeMap<_, _>>());
     match g.output {
-        Format::Table | Format::Wide => println!(
-            "pipeline/{} {result} (id {}, generation {})",
-            p.name, p.id, p.generation
-        ),
-        f => {
-            let mut v = pipeline_json(&p);
-            v["result"] = json!(result);
-            v["applied_index"] = json!(resp.applied_index);
-            print(f, &v, |_| vec![])?;
+        Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        _ => {
+            println!("Name:        {}", p.name);
+            println!("ID:          {}", p.id);
+            println!("Generation:  {}", p.generation);
+            println!(
+                "Status:      {} ({}/{} ready)",
+                p.status, p.ready, p.desired
+            );
+            println!("Updated:     {}", rfc3339(ts_ms(&p.updated_at)));
+            println!("Placements:");
+            let mut placements: Vec<_> = p.placements.iter().collect();
+            placements.sort();
+            for (k, n) in placements {
+                println!("  {k:<30} {n}");
+            }
+            println!("Spec:");
+            for l in p.spec_yaml.lines() {
+                println!("  {l}");
+            }
         }
     }
     Ok(())

@@ -58,9 +58,12 @@ enum Command {
     Server(server_cmd::ServerArgs),
     /// Store a pipeline document (create or update).
     Apply {
-        /// The YAML file ("-" reads standard input).
+        /// A YAML file, a directory of them, or "-" for standard input.
         #[arg(short = 'f', long = "filename")]
         file: String,
+        /// Validate and show what would change, without storing anything.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Registered components and their health (same as `get components`).
     List(commands::ComponentFilter),
@@ -116,6 +119,8 @@ enum GetWhat {
 enum DescribeWhat {
     /// One component by id.
     Component { id: String },
+    /// One pipeline: spec, status and placements.
+    Pipeline { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,7 +157,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => server_cmd::run(args).await,
             Command::Logs(a) => commands::logs(&cli.global, &a).await,
-            Command::Apply { file } => commands::apply(&cli.global, &file).await,
+            Command::Apply { file, dry_run } => commands::apply(&cli.global, &file, dry_run).await,
             Command::Get {
                 what: GetWhat::Pipelines,
             } => commands::get_pipelines(&cli.global).await,
@@ -166,6 +171,9 @@ fn main() -> ExitCode {
             Command::Describe {
                 what: DescribeWhat::Component { id },
             } => commands::describe_component(&cli.global, &id).await,
+            Command::Describe {
+                what: DescribeWhat::Pipeline { name },
+            } => commands::describe_pipeline(&cli.global, &name).await,
             Command::Delete {
                 what: DeleteWhat::Pipeline { name },
             } => commands::delete_pipeline(&cli.global, &name).await,

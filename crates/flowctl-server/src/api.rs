@@ -22,18 +22,6 @@ fn ts(ms: u64) -> Option<prost_types::Timestamp> {
     })
 }
 
-fn pipeline_pb(r: PipelineRecord) -> pb::Pipeline {
-    pb::Pipeline {
-        name: r.name,
-        id: r.id.0,
-        generation: r.generation,
-        spec_yaml: r.spec_yaml,
-        created_at: ts(r.created_at_ms),
-        updated_at: ts(r.updated_at_ms),
-        revision: r.revision,
-    }
-}
-
 fn meta_pb(m: ReadMeta) -> pb::ReadMeta {
     pb::ReadMeta {
         node_id: m.node_id,
@@ -54,6 +42,82 @@ fn consistency(v: i32) -> Consistency {
     }
 }
 
+impl Api {
+    /// The stored record plus its deployment view: placements, and how many of the desired
+    /// instances are registered and healthy.
+    fn pipeline_pb(&self, r: PipelineRecord) -> pb::Pipeline {
+        let (placement, healthy) = self
+            .node
+            .read_stale(|s| {
+                let placement = s.placements.get(&r.name).cloned();
+                let healthy: std::collections::BTreeSet<String> = s
+                    .components
+                    .values()
+                    .filter(|c| c.healthy)
+                    .map(|c| c.spec.id.0.clone())
+                    .collect();
+                (placement, healthy)
+            })
+            .0;
+        let members = self.node.status().nodes;
+        let (mut desired, mut ready) = (0u32, 0u32);
+        let mut status = "Invalid";
+        if let Ok(v) = flowctl_spec::validate_pipeline(&r.name, &r.spec_yaml) {
+            for (_, c) in v.components() {
+                for replica in 0..c.replicas {
+                    desired += 1;
+                    let id = if c.replicas > 1 {
+                        format!("{}-{replica}", c.id.as_str())
+                    } else {
+                        c.id.as_str().to_owned()
+                    };
+                    if healthy.contains(&id) {
+                        ready += 1;
+                    }
+                }
+            }
+            let placed = placement
+                .as_ref()
+                .is_some_and(|p| p.generation == r.generation);
+            status = if !placed {
+                "Deploying"
+            } else if ready == desired {
+                "Running"
+            } else {
+                "Degraded"
+            };
+        }
+        pb::Pipeline {
+            name: r.name,
+            id: r.id.0,
+            generation: r.generation,
+            spec_yaml: r.spec_yaml,
+            created_at: ts(r.created_at_ms),
+            updated_at: ts(r.updated_at_ms),
+            revision: r.revision,
+            ready,
+            desired,
+            status: status.to_owned(),
+            placements: placement
+                .map(|p| {
+                    p.instances
+                        .into_iter()
+                        .map(|(k, n)| {
+                            (
+                                k,
+                                members
+                                    .get(&n.0)
+                                    .cloned()
+                                    .unwrap_or_else(|| n.0.to_string()),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::pipeline_service_server::PipelineService for Api {
     async fn apply_pipeline(
@@ -66,16 +130,25 @@ impl pb::pipeline_service_server::PipelineService for Api {
         } else {
             &req.file_name
         };
-        let (rec, result, index) = pipelines::apply(&self.node, file, &req.yaml).await?;
-        let result = match result {
+        let report = pipelines::apply(&self.node, file, &req.yaml, req.dry_run).await?;
+        let result = match report.result {
             ApplyResult::Created => pb::ApplyResult::Created,
             ApplyResult::Configured => pb::ApplyResult::Configured,
             ApplyResult::Unchanged => pb::ApplyResult::Unchanged,
         };
         Ok(Response::new(pb::ApplyPipelineResponse {
-            pipeline: Some(pipeline_pb(rec)),
+            pipeline: report.record.map(|r| self.pipeline_pb(r)),
             result: result as i32,
-            applied_index: index,
+            applied_index: report.applied_index,
+            changes: report
+                .changes
+                .into_iter()
+                .map(|(component, action)| pb::ComponentChange {
+                    component,
+                    action: action.to_owned(),
+                })
+                .collect(),
+            stored_yaml: report.stored_yaml,
         }))
     }
 
@@ -87,7 +160,7 @@ impl pb::pipeline_service_server::PipelineService for Api {
         let (rec, meta) =
             pipelines::get(&self.node, &req.name, consistency(req.consistency)).await?;
         Ok(Response::new(pb::GetPipelineResponse {
-            pipeline: Some(pipeline_pb(rec)),
+            pipeline: Some(self.pipeline_pb(rec)),
             meta: Some(meta_pb(meta)),
         }))
     }
@@ -99,7 +172,7 @@ impl pb::pipeline_service_server::PipelineService for Api {
         let req = req.into_inner();
         let (recs, meta) = pipelines::list(&self.node, consistency(req.consistency)).await?;
         Ok(Response::new(pb::ListPipelinesResponse {
-            pipelines: recs.into_iter().map(pipeline_pb).collect(),
+            pipelines: recs.into_iter().map(|r| self.pipeline_pb(r)).collect(),
             meta: Some(meta_pb(meta)),
         }))
     }

@@ -19,17 +19,53 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Validates a document and stores it. The proposer stamps the time and a candidate id; the
-/// state machine keeps the existing id on re-apply.
+/// What an apply did, or (dry run) would do.
+pub struct ApplyReport {
+    /// The stored record: after the apply, or as it was (dry run; `None` if new).
+    pub record: Option<PipelineRecord>,
+    pub result: ApplyResult,
+    pub applied_index: u64,
+    /// Per component: start, restart or stop.
+    pub changes: Vec<(String, &'static str)>,
+    /// The document stored before this apply (empty if none).
+    pub stored_yaml: String,
+}
+
+/// Validates a document fully and stores it (unless `dry_run`). The proposer stamps the time
+/// and a candidate id; the state machine keeps the existing id on re-apply.
 pub async fn apply(
     node: &RaftNode,
     file: &str,
     yaml: &str,
-) -> Result<(PipelineRecord, ApplyResult, u64), ServiceError> {
-    // The same full validation as `flowctl validate`; the follower that receives the request
-    // runs it, so nothing unvalidated reaches the log.
+    dry_run: bool,
+) -> Result<ApplyReport, ServiceError> {
+    // The same full validation as `flowctl validate`; the node that receives the request runs
+    // it, so nothing unvalidated reaches the log.
     let validated = flowctl_spec::validate_pipeline(file, yaml)?;
     let doc = validated.doc();
+    let stored = node.read_stale(|s| s.pipelines.get(doc.name()).cloned()).0;
+    let old = stored
+        .as_ref()
+        .and_then(|r| flowctl_spec::validate_pipeline(&r.name, &r.spec_yaml).ok());
+    let changes = flowctl_spec::component_changes(old.as_ref(), &validated);
+    let stored_yaml = stored
+        .as_ref()
+        .map(|r| r.spec_yaml.clone())
+        .unwrap_or_default();
+    if dry_run {
+        let result = match &stored {
+            None => ApplyResult::Created,
+            Some(r) if r.canonical == doc.canonical_json() => ApplyResult::Unchanged,
+            Some(_) => ApplyResult::Configured,
+        };
+        return Ok(ApplyReport {
+            record: stored,
+            result,
+            applied_index: 0,
+            changes,
+            stored_yaml,
+        });
+    }
     let cmd = Command::ApplyPipeline(ApplyPipeline {
         name: doc.name().to_owned(),
         id_if_new: PipelineId::from_random(rand::random()),
@@ -39,7 +75,17 @@ pub async fn apply(
     });
     let applied = node.propose(cmd).await?;
     match applied.outcome {
-        Outcome::Pipeline { record, result } => Ok((record, result, applied.log_index)),
+        Outcome::Pipeline { record, result } => Ok(ApplyReport {
+            record: Some(record),
+            changes: if result == ApplyResult::Unchanged {
+                Vec::new()
+            } else {
+                changes
+            },
+            result,
+            applied_index: applied.log_index,
+            stored_yaml,
+        }),
         Outcome::Rejected(r) => Err(r.into()),
         other => Err(ServiceError::Unexpected(format!("{other:?}"))),
     }

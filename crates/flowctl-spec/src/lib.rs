@@ -31,7 +31,7 @@ pub use model::{
     Bus, Component, ComponentId, ComponentKind, Driver, Metadata, PipelineManifest, PipelineSpec,
     RestartPolicy,
 };
-pub use pipeline::{topic_name, Edge, ValidatedPipeline};
+pub use pipeline::{component_changes, topic_name, Edge, ValidatedPipeline};
 pub use schema::pipeline_schema;
 pub use validate::validate_pipeline;
 

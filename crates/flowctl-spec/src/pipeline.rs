@@ -232,3 +232,38 @@ pub fn topic_name(pipeline: &ValidatedPipeline, upstream_id: &ComponentId) -> St
         upstream_id
     )
 }
+
+/// What applying `new` over `old` does to each component: `start` (new), `restart` (its
+/// definition changed), or `stop` (gone). Unchanged components are left out. Sorted by id.
+pub fn component_changes(
+    old: Option<&ValidatedPipeline>,
+    new: &ValidatedPipeline,
+) -> Vec<(String, &'static str)> {
+    let def = |c: &Component| serde_json::to_string(c).unwrap_or_default();
+    let old_defs: std::collections::BTreeMap<String, String> = old
+        .map(|o| {
+            o.components()
+                .map(|(_, c)| (c.id.as_str().to_owned(), def(c)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let new_defs: std::collections::BTreeMap<String, String> = new
+        .components()
+        .map(|(_, c)| (c.id.as_str().to_owned(), def(c)))
+        .collect();
+    let mut out = Vec::new();
+    for (id, d) in &new_defs {
+        match old_defs.get(id) {
+            None => out.push((id.clone(), "start")),
+            Some(o) if o != d => out.push((id.clone(), "restart")),
+            Some(_) => {}
+        }
+    }
+    for id in old_defs.keys() {
+        if !new_defs.contains_key(id) {
+            out.push((id.clone(), "stop"));
+        }
+    }
+    out.sort();
+    out
+}
