@@ -360,6 +360,7 @@ async fn flowctl_apply(ch: Channel, name: String) -> anyhow::Result<()> {
     let req = ApplyPipelineRequest {
         yaml: document(&name),
         file_name: String::new(),
+        dry_run: false,
     };
     let resp = PipelineServiceClient::new(ch)
         .apply_pipeline(req)

@@ -150,6 +150,7 @@ fn writer_threads(
                         let req = pb::ApplyPipelineRequest {
                             yaml: doc(&name, "x"),
                             file_name: "t.yaml".into(),
+                            dry_run: false,
                         };
                         let r =
                             client
