@@ -262,9 +262,10 @@ fn instance_env(
     env.insert("ENABLE_FLOWCTL".into(), "true".into());
     env.insert("FLOWCTL_ENDPOINT".into(), endpoints.to_owned());
     env.insert("FLOWCTL_COMPONENT_ID".into(), id);
+    // A Go duration, as the original SDK reads it.
     env.insert(
-        "FLOWCTL_HEARTBEAT_INTERVAL_MS".into(),
-        opts.heartbeat_interval.as_millis().to_string(),
+        "FLOWCTL_HEARTBEAT_INTERVAL".into(),
+        format!("{}ms", opts.heartbeat_interval.as_millis()),
     );
     env.insert("FLOWCTL_PIPELINE".into(), p.name().to_owned());
     env.insert("FLOWCTL_REPLICA".into(), replica.to_string());
