@@ -217,6 +217,32 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
         !text.is_empty() && text.lines().all(|l| l.starts_with("[deploy-test/proc/0] ")),
         "{text}"
     );
+    // --since and --timestamps use each line's stored write time.
+    let out = c
+        .flowctl(
+            other,
+            &[
+                "logs",
+                "proc",
+                "--since",
+                "1h",
+                "--timestamps",
+                "--tail",
+                "1",
+            ],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with("[deploy-test/proc/0] 20") && text.contains('T'),
+        "{text}"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = c
+        .flowctl(other, &["logs", "proc", "--since", "0s"])
+        .unwrap();
+    assert!(out.status.success());
+
     // --follow keeps streaming until the client goes away.
     let mut follow = std::process::Command::new(flowctl_bin().unwrap())
         .args([

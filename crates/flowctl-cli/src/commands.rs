@@ -698,6 +698,28 @@ pub struct LogsArgs {
     /// The output of the run before the last restart.
     #[arg(long)]
     pub previous: bool,
+    /// Only output written in this recent period, such as 30s, 10m or 2h.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Show when each line was written.
+    #[arg(long)]
+    pub timestamps: bool,
+}
+
+/// Parses `30s`, `10m`, `2h` or `1d`.
+fn parse_since(s: &str) -> anyhow::Result<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--since {s:?}: expected a number with s, m, h or d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => anyhow::bail!("--since {s:?}: the unit must be s, m, h or d"),
+    };
+    Ok(Duration::from_secs(secs))
 }
 
 pub async fn logs(g: &Global, a: &LogsArgs) -> anyhow::Result<()> {
@@ -711,6 +733,11 @@ pub async fn logs(g: &Global, a: &LogsArgs) -> anyhow::Result<()> {
         previous: a.previous,
         local_only: false,
         instance: String::new(),
+        since_ms: match &a.since {
+            Some(s) => now_ms().saturating_sub(parse_since(s)?.as_millis() as u64),
+            None => 0,
+        },
+        timestamps: a.timestamps,
     };
     // Only opening the stream is retried across endpoints; a stream is not resumed.
     let mut stream = c
@@ -731,6 +758,14 @@ pub async fn logs(g: &Global, a: &LogsArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_durations_parse() {
+        assert_eq!(parse_since("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_since("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_since("ten").is_err());
+        assert!(parse_since("5y").is_err());
+    }
 
     #[test]
     fn timestamps_format_as_rfc3339() {

@@ -442,13 +442,21 @@ async fn write_log(path: PathBuf, mut rx: tokio::sync::mpsc::Receiver<String>) {
             f = nf;
             size = 0;
         }
-        let bytes = format!("{line}\n");
+        // Every line carries its write time (Unix milliseconds) for `logs --since`.
+        let bytes = format!("{} {line}\n", now_ms());
         size += bytes.len() as u64;
         if f.write_all(bytes.as_bytes()).await.is_err() {
             return;
         }
         let _ = f.flush().await;
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 async fn stop_instance(child: &mut tokio::process::Child) {

@@ -84,7 +84,11 @@ impl pb::log_service_server::LogService for LogApi {
                 } else {
                     path
                 };
-                tokio::spawn(stream_file(path, label, req.tail, req.follow, tx));
+                let filter = LineFilter {
+                    since_ms: req.since_ms,
+                    timestamps: req.timestamps,
+                };
+                tokio::spawn(stream_file(path, label, req.tail, req.follow, filter, tx));
             } else if !req.local_only {
                 let Some(addr) = nodes.get(&n.0).cloned() else {
                     continue;
@@ -133,6 +137,57 @@ async fn proxy(addr: String, req: pb::LogsRequest, tx: mpsc::Sender<Result<pb::L
     }
 }
 
+/// `--since` and `--timestamps`: each stored line starts with its write time in Unix
+/// milliseconds and a space.
+#[derive(Clone, Copy)]
+struct LineFilter {
+    since_ms: u64,
+    timestamps: bool,
+}
+
+impl LineFilter {
+    /// The line to show, or `None` when it is older than `since`.
+    fn apply(&self, stored: &str) -> Option<String> {
+        let (ts, text) = match stored.split_once(' ') {
+            Some((t, rest)) if t.len() == 13 && t.bytes().all(|b| b.is_ascii_digit()) => {
+                (t.parse::<u64>().unwrap_or(0), rest)
+            }
+            _ => (0, stored),
+        };
+        if self.since_ms > 0 && ts < self.since_ms {
+            return None;
+        }
+        Some(if self.timestamps {
+            format!("{} {text}", rfc3339_ms(ts))
+        } else {
+            text.to_owned()
+        })
+    }
+}
+
+fn rfc3339_ms(ms: u64) -> String {
+    // Civil-from-days (Howard Hinnant's algorithm), UTC.
+    let secs = (ms / 1000) as i64;
+    let days = secs.div_euclid(86400);
+    let tod = secs.rem_euclid(86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        tod / 3600,
+        tod % 3600 / 60,
+        tod % 60,
+        ms % 1000
+    )
+}
+
 /// Sends the last `tail` lines (0 = all) of `path`, then, when following, new lines as they
 /// are written (starting over when the file is rotated).
 async fn stream_file(
@@ -140,23 +195,28 @@ async fn stream_file(
     label: String,
     tail: u32,
     follow: bool,
+    filter: LineFilter,
     tx: mpsc::Sender<Result<pb::LogLine, Status>>,
 ) {
-    let send = |line: String| {
+    let send = |stored: String| {
         let tx = tx.clone();
         let label = label.clone();
         async move {
-            tx.send(Ok(pb::LogLine {
-                instance: label,
-                line,
-            }))
-            .await
-            .is_ok()
+            match filter.apply(&stored) {
+                Some(line) => tx
+                    .send(Ok(pb::LogLine {
+                        instance: label,
+                        line,
+                    }))
+                    .await
+                    .is_ok(),
+                None => true,
+            }
         }
     };
     let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
     let mut offset = text.len() as u64;
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text.lines().filter(|l| filter.apply(l).is_some()).collect();
     let start = if tail == 0 {
         0
     } else {
@@ -203,5 +263,33 @@ async fn stream_file(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_filters_by_the_stored_write_time_and_timestamps_show_it() {
+        let f = LineFilter {
+            since_ms: 1_700_000_000_500,
+            timestamps: false,
+        };
+        assert_eq!(f.apply("1700000000000 old"), None);
+        assert_eq!(f.apply("1700000000600 new").as_deref(), Some("new"));
+        let t = LineFilter {
+            since_ms: 0,
+            timestamps: true,
+        };
+        assert_eq!(
+            t.apply("1700000000600 new").as_deref(),
+            Some("2023-11-14T22:13:20.600Z new")
+        );
+        // Lines without a stored time (written by an older release) are shown as they are.
+        assert_eq!(
+            t.apply("plain").as_deref(),
+            Some("1970-01-01T00:00:00.000Z plain")
+        );
     }
 }
