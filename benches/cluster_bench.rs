@@ -184,9 +184,11 @@ fn main() -> anyhow::Result<()> {
 
 /// The pipeline document for `name`, padded to exactly [`DOC_BYTES`].
 fn document(name: &str) -> String {
-    // A valid source → sink pipeline, padded through the source's environment.
+    // A valid pipeline for the kubernetes driver: stored through Raft like any other, but not
+    // deployed (only the process driver has a runtime here), so the benchmark measures the
+    // write path rather than thousands of child processes. Padded through an env value.
     let head = format!(
-        "apiVersion: flowctl/v1\nkind: Pipeline\nmetadata:\n  name: {name}\nspec:\n  sinks:\n    - id: sink\n      command: [\"true\"]\n      inputs: [src]\n  sources:\n    - id: src\n      command: [\"true\"]\n      env:\n        PAD: \""
+        "apiVersion: flowctl/v1\nkind: Pipeline\nmetadata:\n  name: {name}\nspec:\n  driver: kubernetes\n  sinks:\n    - id: sink\n      image: sink:1\n      inputs: [src]\n  sources:\n    - id: src\n      image: src:1\n      env:\n        PAD: \""
     );
     let tail = "\"\n";
     let pad = DOC_BYTES.saturating_sub(head.len() + tail.len());

@@ -5,7 +5,7 @@ use crate::errors::ServiceError;
 use crate::pipelines::{self, Consistency};
 use flowctl_proto::admin::v1 as pb;
 use flowctl_raft::{RaftNode, ReadMeta};
-use flowctl_state::{ApplyResult, PipelineRecord};
+use flowctl_state::{ApplyResult, ComponentId, PipelineRecord};
 use std::sync::{Arc, RwLock};
 use tonic::{Request, Response, Status};
 
@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 pub struct Api {
     pub(crate) node: RaftNode,
     pub(crate) cluster_id: Arc<RwLock<String>>,
+    pub(crate) specs: crate::spec_cache::SpecCache,
 }
 
 fn ts(ms: u64) -> Option<prost_types::Timestamp> {
@@ -46,40 +47,51 @@ impl Api {
     /// The stored record plus its deployment view: placements, and how many of the desired
     /// instances are registered and healthy.
     fn pipeline_pb(&self, r: PipelineRecord) -> pb::Pipeline {
-        let (placement, healthy) = self
-            .node
-            .read_stale(|s| {
-                let placement = s.placements.get(&r.name).cloned();
-                let healthy: std::collections::BTreeSet<String> = s
-                    .components
-                    .values()
-                    .filter(|c| c.healthy)
-                    .map(|c| c.spec.id.0.clone())
-                    .collect();
-                (placement, healthy)
-            })
-            .0;
         let members = self.node.status().nodes;
         let (mut desired, mut ready) = (0u32, 0u32);
         let mut status = "Invalid";
-        if let Ok(v) = flowctl_spec::validate_pipeline(&r.name, &r.spec_yaml) {
-            for (_, c) in v.components() {
-                for replica in 0..c.replicas {
-                    desired += 1;
-                    let id = if c.replicas > 1 {
-                        format!("{}-{replica}", c.id.as_str())
-                    } else {
-                        c.id.as_str().to_owned()
-                    };
-                    if healthy.contains(&id) {
-                        ready += 1;
-                    }
-                }
-            }
+        let spec = self.specs.get(&r.name, r.generation, &r.spec_yaml);
+        let instance_ids: Vec<String> = spec
+            .as_ref()
+            .map(|v| {
+                v.components()
+                    .flat_map(|(_, c)| {
+                        (0..c.replicas).map(move |replica| {
+                            if c.replicas > 1 {
+                                format!("{}-{replica}", c.id.as_str())
+                            } else {
+                                c.id.as_str().to_owned()
+                            }
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Count under the read lock; nothing is copied but this pipeline's placement.
+        let (placement, healthy) = self
+            .node
+            .read_stale(|s| {
+                let healthy = instance_ids
+                    .iter()
+                    .filter(|id| {
+                        s.components
+                            .get(&ComponentId((*id).clone()))
+                            .is_some_and(|c| c.healthy)
+                    })
+                    .count() as u32;
+                (s.placements.get(&r.name).cloned(), healthy)
+            })
+            .0;
+        if let Some(v) = spec {
+            desired = instance_ids.len() as u32;
+            ready = healthy;
             let placed = placement
                 .as_ref()
                 .is_some_and(|p| p.generation == r.generation);
-            status = if !placed {
+            status = if v.spec().driver != flowctl_spec::Driver::Process {
+                // Only the process driver has a runtime here; the pipeline is stored, not run.
+                "NotDeployed"
+            } else if !placed {
                 "Deploying"
             } else if ready == desired {
                 "Running"
@@ -130,7 +142,8 @@ impl pb::pipeline_service_server::PipelineService for Api {
         } else {
             &req.file_name
         };
-        let report = pipelines::apply(&self.node, file, &req.yaml, req.dry_run).await?;
+        let report =
+            pipelines::apply(&self.node, &self.specs, file, &req.yaml, req.dry_run).await?;
         let result = match report.result {
             ApplyResult::Created => pb::ApplyResult::Created,
             ApplyResult::Configured => pb::ApplyResult::Configured,

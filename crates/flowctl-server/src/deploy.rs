@@ -20,7 +20,6 @@ use flowctl_state::placements::{instance_key, SetPlacement};
 use flowctl_state::{Command, NodeId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -40,46 +39,46 @@ pub struct DeployOptions {
     pub heartbeat_interval: Duration,
 }
 
-/// Parses and validates pipeline documents once per (name, generation).
-#[derive(Default)]
-struct SpecCache {
-    by_name: HashMap<String, (u64, Option<Arc<ValidatedPipeline>>)>,
-}
-
-impl SpecCache {
-    fn get(&mut self, name: &str, generation: u64, yaml: &str) -> Option<Arc<ValidatedPipeline>> {
-        if let Some((g, v)) = self.by_name.get(name) {
-            if *g == generation {
-                return v.clone();
-            }
-        }
-        let v = match flowctl_spec::validate_pipeline(name, yaml) {
-            Ok(v) => Some(Arc::new(v)),
-            Err(e) => {
-                tracing::warn!(pipeline = name, error = %e, "stored pipeline does not validate; not deploying it");
-                None
-            }
-        };
-        self.by_name
-            .insert(name.to_owned(), (generation, v.clone()));
-        v
-    }
-}
+use crate::spec_cache::SpecCache;
 
 /// Starts the scheduler and the supervisor; both stop on `cancel` (the supervisor stops its
 /// children first).
 pub fn start(
     node: RaftNode,
+    specs: SpecCache,
     opts: DeployOptions,
     cancel: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) {
-    tracker.spawn(run_scheduler(node.clone(), opts.clone(), cancel.clone()));
-    tracker.spawn(run_supervisor(node, opts, cancel));
+    tracker.spawn(run_scheduler(
+        node.clone(),
+        specs.clone(),
+        opts.clone(),
+        cancel.clone(),
+    ));
+    tracker.spawn(run_supervisor(node, specs, opts, cancel));
 }
 
 // ---------------------------------------------------------------------------------------------
 // Scheduler (leader only)
+
+/// Whether a stored document uses the `process` driver (the default).
+fn runs_as_processes(canonical: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        #[serde(default)]
+        spec: Spec,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Spec {
+        #[serde(default)]
+        driver: Option<String>,
+    }
+    match serde_json::from_str::<Doc>(canonical) {
+        Ok(d) => d.spec.driver.is_none_or(|d| d == "process"),
+        Err(_) => true,
+    }
+}
 
 async fn probe(node: &RaftNode, addr: &str) -> bool {
     let Ok(mut c) = node.peers().client(addr) else {
@@ -90,9 +89,13 @@ async fn probe(node: &RaftNode, addr: &str) -> bool {
     c.node_status(req).await.is_ok()
 }
 
-async fn run_scheduler(node: RaftNode, opts: DeployOptions, cancel: CancellationToken) {
+async fn run_scheduler(
+    node: RaftNode,
+    specs: SpecCache,
+    opts: DeployOptions,
+    cancel: CancellationToken,
+) {
     let mut last_ok: HashMap<u64, Instant> = HashMap::new();
-    let mut specs = SpecCache::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -132,9 +135,29 @@ async fn run_scheduler(node: RaftNode, opts: DeployOptions, cancel: Cancellation
         if live.is_empty() {
             continue;
         }
-        let (pipelines, placements) = node
-            .read_stale(|s| (s.pipelines.clone(), s.placements.clone()))
+        // Copy only what is needed: names and generations, the documents not yet parsed at
+        // their generation, and the (process-driver only) placements.
+        let (pipelines, placements, all_names) = node
+            .read_stale(|s| {
+                let pipelines: Vec<(String, u64, Option<String>)> = s
+                    .pipelines
+                    .values()
+                    // Only process-driver pipelines are deployed; the driver is read from the
+                    // canonical JSON, which is much cheaper than validating the YAML again.
+                    .filter(|p| runs_as_processes(&p.canonical))
+                    .map(|p| {
+                        let yaml = specs
+                            .cached(&p.name, p.generation)
+                            .is_none()
+                            .then(|| p.spec_yaml.clone());
+                        (p.name.clone(), p.generation, yaml)
+                    })
+                    .collect();
+                let names: HashSet<String> = s.pipelines.keys().cloned().collect();
+                (pipelines, s.placements.clone(), names)
+            })
             .0;
+        specs.retain(|name| all_names.contains(name));
         // Load: instances kept where they are, counted first across all pipelines.
         let mut load: BTreeMap<u64, usize> = live.iter().map(|&n| (n, 0)).collect();
         for p in placements.values() {
@@ -144,10 +167,20 @@ async fn run_scheduler(node: RaftNode, opts: DeployOptions, cancel: Cancellation
                 }
             }
         }
-        for (name, rec) in &pipelines {
-            let Some(spec) = specs.get(name, rec.generation, &rec.spec_yaml) else {
+        for (name, generation, yaml) in &pipelines {
+            let generation = *generation;
+            let spec = match (specs.cached(name, generation), yaml) {
+                (Some(v), _) => v,
+                (None, Some(y)) => specs.get(name, generation, y),
+                (None, None) => None,
+            };
+            let Some(spec) = spec else {
                 continue;
             };
+            if spec.spec().driver != flowctl_spec::Driver::Process {
+                // Only the process driver has a runtime here; other pipelines are stored, not run.
+                continue;
+            }
             let old = placements.get(name);
             let mut instances = BTreeMap::new();
             for (_, c) in spec.components() {
@@ -172,18 +205,18 @@ async fn run_scheduler(node: RaftNode, opts: DeployOptions, cancel: Cancellation
                 }
             }
             let unchanged =
-                old.is_some_and(|o| o.generation == rec.generation && o.instances == instances);
+                old.is_some_and(|o| o.generation == generation && o.instances == instances);
             if unchanged {
                 continue;
             }
             let cmd = Command::SetPlacement(SetPlacement {
                 pipeline: name.clone(),
-                generation: rec.generation,
+                generation,
                 instances,
             });
             match node.propose(cmd).await {
                 Ok(_) => {
-                    tracing::info!(pipeline = %name, generation = rec.generation, "placed pipeline instances")
+                    tracing::info!(pipeline = %name, generation = generation, "placed pipeline instances")
                 }
                 Err(e) => tracing::warn!(pipeline = %name, error = %e, "placement not committed"),
             }
@@ -285,12 +318,25 @@ fn instance_env(
 
 fn desired_here(
     node: &RaftNode,
-    specs: &mut SpecCache,
+    specs: &SpecCache,
     opts: &DeployOptions,
 ) -> BTreeMap<(String, String), Desired> {
     let me = NodeId(node.id());
+    // Copy only the placements that name this node, and their pipelines.
     let (pipelines, placements) = node
-        .read_stale(|s| (s.pipelines.clone(), s.placements.clone()))
+        .read_stale(|s| {
+            let placements: BTreeMap<String, flowctl_state::placements::Placement> = s
+                .placements
+                .iter()
+                .filter(|(_, p)| p.instances.values().any(|n| *n == me))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let pipelines: BTreeMap<String, flowctl_state::PipelineRecord> = placements
+                .keys()
+                .filter_map(|k| s.pipelines.get(k).map(|p| (k.clone(), p.clone())))
+                .collect();
+            (pipelines, placements)
+        })
         .0;
     let endpoints = node
         .status()
@@ -479,8 +525,12 @@ fn backoff(restarts: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
-async fn run_supervisor(node: RaftNode, opts: DeployOptions, cancel: CancellationToken) {
-    let mut specs = SpecCache::default();
+async fn run_supervisor(
+    node: RaftNode,
+    specs: SpecCache,
+    opts: DeployOptions,
+    cancel: CancellationToken,
+) {
     let mut running: BTreeMap<(String, String), Running> = BTreeMap::new();
     let pumps = tokio_util::task::TaskTracker::new();
     let mut tick = tokio::time::interval(TICK);
@@ -490,7 +540,7 @@ async fn run_supervisor(node: RaftNode, opts: DeployOptions, cancel: Cancellatio
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let desired = desired_here(&node, &mut specs, &opts);
+        let desired = desired_here(&node, &specs, &opts);
         // Stop what is no longer placed here.
         let gone: Vec<_> = running
             .keys()

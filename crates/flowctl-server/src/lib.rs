@@ -27,6 +27,7 @@ pub mod liveness;
 pub mod logs;
 pub mod node_meta;
 pub mod pipelines;
+pub mod spec_cache;
 pub mod wire;
 
 pub use config::ServerConfig;
@@ -108,8 +109,10 @@ pub async fn run(
         &tracker,
     );
 
+    let specs = spec_cache::SpecCache::default();
     deploy::start(
         node.clone(),
+        specs.clone(),
         deploy::DeployOptions {
             data_dir: cfg.data_dir.clone(),
             node_grace: cfg.node_grace,
@@ -127,7 +130,7 @@ pub async fn run(
         let max = cfg.max_request_bytes;
         let data_dir = cfg.data_dir.clone();
         tracker.spawn(async move {
-            serve_grpc(listener, node, live, data_dir, cluster_id, max, stop).await
+            serve_grpc(listener, node, live, specs, data_dir, cluster_id, max, stop).await
         })
     };
     if let Some(l) = metrics_listener {
@@ -194,10 +197,13 @@ pub async fn run(
     Ok(())
 }
 
+// Every argument is a distinct piece the services need; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn serve_grpc(
     listener: TcpListener,
     node: RaftNode,
     live: liveness::LivenessHandle,
+    specs: spec_cache::SpecCache,
     data_dir: std::path::PathBuf,
     cluster_id: Arc<RwLock<String>>,
     max_request_bytes: usize,
@@ -206,6 +212,7 @@ async fn serve_grpc(
     let api = api::Api {
         node: node.clone(),
         cluster_id: cluster_id.clone(),
+        specs,
     };
     let internal = RaftServiceServer::new(InternalService::new(node.clone(), cluster_id))
         .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)

@@ -35,6 +35,7 @@ pub struct ApplyReport {
 /// and a candidate id; the state machine keeps the existing id on re-apply.
 pub async fn apply(
     node: &RaftNode,
+    specs: &crate::spec_cache::SpecCache,
     file: &str,
     yaml: &str,
     dry_run: bool,
@@ -46,8 +47,8 @@ pub async fn apply(
     let stored = node.read_stale(|s| s.pipelines.get(doc.name()).cloned()).0;
     let old = stored
         .as_ref()
-        .and_then(|r| flowctl_spec::validate_pipeline(&r.name, &r.spec_yaml).ok());
-    let changes = flowctl_spec::component_changes(old.as_ref(), &validated);
+        .and_then(|r| specs.get(&r.name, r.generation, &r.spec_yaml));
+    let changes = flowctl_spec::component_changes(old.as_deref(), &validated);
     let stored_yaml = stored
         .as_ref()
         .map(|r| r.spec_yaml.clone())
@@ -75,17 +76,24 @@ pub async fn apply(
     });
     let applied = node.propose(cmd).await?;
     match applied.outcome {
-        Outcome::Pipeline { record, result } => Ok(ApplyReport {
-            record: Some(record),
-            changes: if result == ApplyResult::Unchanged {
-                Vec::new()
-            } else {
-                changes
-            },
-            result,
-            applied_index: applied.log_index,
-            stored_yaml,
-        }),
+        Outcome::Pipeline { record, result } => {
+            specs.insert(
+                &record.name,
+                record.generation,
+                std::sync::Arc::new(validated),
+            );
+            Ok(ApplyReport {
+                record: Some(record),
+                changes: if result == ApplyResult::Unchanged {
+                    Vec::new()
+                } else {
+                    changes
+                },
+                result,
+                applied_index: applied.log_index,
+                stored_yaml,
+            })
+        }
         Outcome::Rejected(r) => Err(r.into()),
         other => Err(ServiceError::Unexpected(format!("{other:?}"))),
     }
