@@ -275,6 +275,15 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
     })
     .unwrap();
 
+    let before: Vec<(String, u32)> = instances(name)
+        .iter()
+        .filter_map(|p| {
+            p.env
+                .get("FLOWCTL_COMPONENT_ID")
+                .map(|id| (id.clone(), p.pid))
+        })
+        .filter(|(id, _)| id != "proc")
+        .collect();
     // Re-apply with a changed env: a dry run shows the diff and stores nothing; the real
     // apply restarts only that component, whose new instance sees the new value.
     std::fs::write(&file, pipeline_doc(name, "v2")).unwrap();
@@ -309,6 +318,15 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
         instance_of(&instances(name), "proc").is_some_and(|p| p.env["MY_VAR"] == "v2")
     })
     .unwrap();
+    // Only the changed component was replaced: the others kept running.
+    let procs = instances(name);
+    for (id, pid) in &before {
+        assert_eq!(
+            instance_of(&procs, id).map(|p| p.pid),
+            Some(*pid),
+            "{id} was restarted"
+        );
+    }
 
     // SIGKILL the node that runs the sink: the sink runs on another node within the grace
     // period plus a few seconds, and the killed node's children died with it.

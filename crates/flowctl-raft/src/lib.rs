@@ -352,25 +352,14 @@ impl RaftNode {
         }
         // Forwarded through the follower's own batcher: one Forward RPC carries every write
         // that arrived together (see `run_forwarder`).
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner
-            .forwards
-            .try_send((cmd.clone(), Instant::now(), tx))
-            .map_err(|e| match e {
-                tokio::sync::mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
-                    "more than {PROPOSAL_QUEUE} writes are waiting; retry later"
-                )),
-                tokio::sync::mpsc::error::TrySendError::Closed(_) => {
-                    Error::Fatal("the forwarder stopped".into())
-                }
-            })?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-            Err(_) => Err(Error::Unavailable(
-                "timed out waiting for the leader".into(),
-            )),
-            Ok(Err(_)) => Err(Error::Fatal("the forwarder stopped".into())),
-            Ok(Ok(r)) => r,
-        }
+        let cmd = cmd.clone();
+        enqueue_and_wait(
+            &self.inner.forwards,
+            |tx| (cmd, Instant::now(), tx),
+            "writes",
+            "forwarder",
+        )
+        .await
     }
 
     /// Writes on this node, which must be the leader (a forwarded command lands here).
@@ -379,23 +368,13 @@ impl RaftNode {
         if self.inner.transferring.load(Ordering::Acquire) {
             return Err(Error::Unavailable("leadership transfer in progress".into()));
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner
-            .proposals
-            .try_send((cmd, Instant::now(), tx))
-            .map_err(|e| match e {
-                tokio::sync::mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
-                    "more than {PROPOSAL_QUEUE} writes are waiting; retry later"
-                )),
-                tokio::sync::mpsc::error::TrySendError::Closed(_) => {
-                    Error::Fatal("the proposal batcher stopped".into())
-                }
-            })?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-            Err(_) => Err(Error::Unavailable("timed out waiting for commit".into())),
-            Ok(Err(_)) => Err(Error::Fatal("the proposal batcher stopped".into())),
-            Ok(Ok(r)) => r,
-        }
+        enqueue_and_wait(
+            &self.inner.proposals,
+            |tx| (cmd, Instant::now(), tx),
+            "writes",
+            "proposal batcher",
+        )
+        .await
     }
 
     fn write_error(&self, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Error {
@@ -424,22 +403,13 @@ impl RaftNode {
     /// A read index for a linearizable read, shared with every read that is waiting at the
     /// same time (see [`run_read_index`]).
     async fn read_index(&self) -> Result<u64, Error> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner.read_waiters.try_send(tx).map_err(|e| match e {
-            tokio::sync::mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
-                "more than {PROPOSAL_QUEUE} reads are waiting; retry later"
-            )),
-            tokio::sync::mpsc::error::TrySendError::Closed(_) => {
-                Error::Fatal("the read-index task stopped".into())
-            }
-        })?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-            Err(_) => Err(Error::Unavailable(
-                "timed out waiting for a read index".into(),
-            )),
-            Ok(Err(_)) => Err(Error::Fatal("the read-index task stopped".into())),
-            Ok(Ok(r)) => r,
-        }
+        enqueue_and_wait(
+            &self.inner.read_waiters,
+            |tx| tx,
+            "reads",
+            "read-index task",
+        )
+        .await
     }
 
     async fn read_index_now(&self) -> Result<u64, Error> {
@@ -739,7 +709,22 @@ fn write_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Error {
 /// Up to [`MAX_INFLIGHT_BATCHES`] batches commit at once; while they are in flight, new
 /// proposals gather into the next batch, so batches grow with load and a lone write goes
 /// out at once.
-async fn run_batcher(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
+async fn run_batcher(raft: Raft, rx: tokio::sync::mpsc::Receiver<Proposal>) {
+    run_batches(rx, move |batch| {
+        let raft = raft.clone();
+        async move { commit_batch(&raft, batch).await }
+    })
+    .await;
+}
+
+/// Takes whatever is queued (up to [`MAX_BATCH`]) once one of [`MAX_INFLIGHT_BATCHES`]
+/// slots is free, and hands it to `handle` on its own task. While batches are in flight, new
+/// items gather into the next one, so batches grow with load and a lone item goes at once.
+async fn run_batches<F, Fut>(mut rx: tokio::sync::mpsc::Receiver<Proposal>, handle: F)
+where
+    F: Fn(Vec<Proposal>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_BATCHES));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -752,9 +737,10 @@ async fn run_batcher(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) 
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        let work = handle(batch);
+        // Bounded by the slots: at most MAX_INFLIGHT_BATCHES of these run at once.
         tokio::spawn(async move {
-            commit_batch(&raft, batch).await;
+            work.await;
             drop(permit);
         });
     }
@@ -815,27 +801,14 @@ async fn run_forwarder(
     me: u64,
     raft: Raft,
     peers: Peers,
-    mut rx: tokio::sync::mpsc::Receiver<Proposal>,
+    rx: tokio::sync::mpsc::Receiver<Proposal>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_BATCHES));
-    while let Some(first) = rx.recv().await {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+    run_batches(rx, move |batch| {
         let raft = raft.clone();
         let peers = peers.clone();
-        tokio::spawn(async move {
-            forward_batch(me, &raft, &peers, batch).await;
-            drop(permit);
-        });
-    }
+        async move { forward_batch(me, &raft, &peers, batch).await }
+    })
+    .await;
 }
 
 async fn forward_batch(me: u64, raft: &Raft, peers: &Peers, batch: Vec<Proposal>) {
@@ -931,6 +904,33 @@ async fn run_read_index(
         for w in waiters {
             let _ = w.send(result.clone());
         }
+    }
+}
+
+/// Queues a request built around a reply channel on `queue` and waits for the reply: the
+/// pattern of the batcher, the forwarder and the read-index task. A full queue is
+/// `Overloaded`; a stopped task is `Fatal`.
+async fn enqueue_and_wait<T, R>(
+    queue: &tokio::sync::mpsc::Sender<T>,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<Result<R, Error>>) -> T,
+    what: &str,
+    task: &str,
+) -> Result<R, Error> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    queue.try_send(make(tx)).map_err(|e| match e {
+        tokio::sync::mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
+            "more than {PROPOSAL_QUEUE} {what} are waiting; retry later"
+        )),
+        tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+            Error::Fatal(format!("the {task} stopped"))
+        }
+    })?;
+    match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+        Err(_) => Err(Error::Unavailable(format!(
+            "timed out waiting for the {task}"
+        ))),
+        Ok(Err(_)) => Err(Error::Fatal(format!("the {task} stopped"))),
+        Ok(Ok(r)) => r,
     }
 }
 

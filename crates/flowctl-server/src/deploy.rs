@@ -350,10 +350,9 @@ fn desired_here(
         let Some(rec) = pipelines.get(name) else {
             continue;
         };
-        if placement.generation != rec.generation {
-            // Wait for the scheduler to place the new generation.
-            continue;
-        }
+        // A placement of an older generation still holds for the instances it names: they run
+        // the current spec (unchanged components keep running; changed ones are replaced one
+        // by one; removed ones stop), and new components wait for the scheduler.
         let Some(spec) = specs.get(name, rec.generation, &rec.spec_yaml) else {
             continue;
         };
