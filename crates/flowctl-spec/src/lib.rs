@@ -104,6 +104,20 @@ pub struct PipelineDoc {
 }
 
 impl PipelineDoc {
+    pub(crate) fn from_parts(
+        name: String,
+        kind: String,
+        value: serde_json::Value,
+        source: String,
+    ) -> Self {
+        PipelineDoc {
+            name,
+            kind,
+            value,
+            source,
+        }
+    }
+
     /// `metadata.name`.
     pub fn name(&self) -> &str {
         &self.name
