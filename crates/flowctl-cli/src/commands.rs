@@ -54,26 +54,12 @@ fn ts_ms(t: &Option<prost_types::Timestamp>) -> u64 {
 }
 
 fn rfc3339(ms: u64) -> String {
-    // A dependency-free UTC formatter (civil-from-days, Howard Hinnant's algorithm).
-    let secs = (ms / 1000) as i64;
-    let days = secs.div_euclid(86400);
-    let tod = secs.rem_euclid(86400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        tod / 3600,
-        tod % 3600 / 60,
-        tod % 60
-    )
+    // One formatter for the whole project: the server's, without the milliseconds.
+    let full = flowctl_server::logs::rfc3339_ms(ms);
+    match full.split_once('.') {
+        Some((secs, _)) => format!("{secs}Z"),
+        None => full,
+    }
 }
 
 fn now_ms() -> u64 {
@@ -301,20 +287,24 @@ pub async fn apply(g: &Global, file: &str, dry_run: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub async fn describe_pipeline(g: &Global, name: &str) -> anyhow::Result<()> {
+/// One pipeline by name, with the read's meta.
+async fn fetch_pipeline(g: &Global, name: &str) -> anyhow::Result<pb::GetPipelineResponse> {
     let c = client(g)?;
     let req = pb::GetPipelineRequest {
         name: name.to_owned(),
         consistency: consistency(g),
     };
-    let resp = c
-        .call(|ch| {
-            let req = req.clone();
-            async move { pipelines(ch).get_pipeline(req).await }
-        })
-        .await
-        .map_err(status_err)?
-        .into_inner();
+    Ok(c.call(|ch| {
+        let req = req.clone();
+        async move { pipelines(ch).get_pipeline(req).await }
+    })
+    .await
+    .map_err(status_err)?
+    .into_inner())
+}
+
+pub async fn describe_pipeline(g: &Global, name: &str) -> anyhow::Result<()> {
+    let resp = fetch_pipeline(g, name).await?;
     let p = resp.pipeline.unwrap_or_default();
     let mut v = pipeline_json(&p);
     v["placements"] = json!(p
@@ -363,19 +353,7 @@ pub async fn get_pipelines(g: &Global) -> anyhow::Result<()> {
 }
 
 pub async fn get_pipeline(g: &Global, name: &str) -> anyhow::Result<()> {
-    let c = client(g)?;
-    let req = pb::GetPipelineRequest {
-        name: name.to_owned(),
-        consistency: consistency(g),
-    };
-    let resp = c
-        .call(|ch| {
-            let req = req.clone();
-            async move { pipelines(ch).get_pipeline(req).await }
-        })
-        .await
-        .map_err(status_err)?
-        .into_inner();
+    let resp = fetch_pipeline(g, name).await?;
     note_stale(g, &resp.meta);
     let p = resp.pipeline.unwrap_or_default();
     print(g.output, &pipeline_json(&p), |wide| {

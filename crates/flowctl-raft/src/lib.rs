@@ -646,7 +646,6 @@ impl RaftNode {
         rt.heartbeat(true);
         rt.elect(true);
         self.inner.transferring.store(false, Ordering::Release);
-        let _ = hold;
         result
     }
 

@@ -17,23 +17,26 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// A client for `addr` (`host:port`). Fails only if the address cannot form a URI.
-    pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
+    /// A shared channel to `addr` (`host:port`), for any internal service. Fails only if the
+    /// address cannot form a URI.
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let ch = match map.get(addr) {
-            Some(ch) => ch.clone(),
-            None => {
-                let ep = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10));
-                let ch = ep.connect_lazy();
-                map.insert(addr.to_owned(), ch.clone());
-                ch
-            }
-        };
-        Ok(RaftServiceClient::new(ch)
+        if let Some(ch) = map.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ep = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10));
+        let ch = ep.connect_lazy();
+        map.insert(addr.to_owned(), ch.clone());
+        Ok(ch)
+    }
+
+    /// A Raft-service client for `addr`.
+    pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
+        Ok(RaftServiceClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES))
     }

@@ -186,7 +186,11 @@ impl LivenessHandle {
         if leader == self.node.id() {
             return Ok(self.local_view(ids).await?.into_iter().collect());
         }
-        let ch = channel_to(&addr).map_err(Error::Unavailable)?;
+        let ch = self
+            .node
+            .peers()
+            .channel(&addr)
+            .map_err(Error::Unavailable)?;
         let mut req = tonic::Request::new(ipb::LiveViewRequest {
             ids: ids.into_iter().map(|i| i.0).collect(),
         });
@@ -212,24 +216,6 @@ impl LivenessHandle {
             })
             .collect())
     }
-}
-
-fn channel_to(addr: &str) -> Result<tonic::transport::Channel, String> {
-    // The peers cache is keyed by address and shares HTTP/2 connections.
-    static CHANNELS: std::sync::OnceLock<Mutex<HashMap<String, tonic::transport::Channel>>> =
-        std::sync::OnceLock::new();
-    let map = CHANNELS.get_or_init(Default::default);
-    let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = m.get(addr) {
-        return Ok(c.clone());
-    }
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .connect_lazy();
-    m.insert(addr.to_owned(), ch.clone());
-    Ok(ch)
 }
 
 /// Starts the liveness actor and the follower relay; both stop on `cancel`.
@@ -401,7 +387,7 @@ async fn relay(node: &RaftNode, beats: Vec<Beat>) -> Result<(), String> {
     if leader == node.id() {
         return Err("this node became leader; dropping relayed beats".into());
     }
-    let ch = channel_to(&addr)?;
+    let ch = node.peers().channel(&addr)?;
     let mut req = tonic::Request::new(ipb::HeartbeatBatch {
         beats: beats
             .into_iter()

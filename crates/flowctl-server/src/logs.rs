@@ -99,7 +99,7 @@ impl pb::log_service_server::LogService for LogApi {
                     local_only: true,
                     ..req.clone()
                 };
-                tokio::spawn(proxy(addr, sub, tx));
+                tokio::spawn(proxy(self.node.peers().clone(), addr, sub, tx));
             }
         }
         drop(tx);
@@ -109,11 +109,16 @@ impl pb::log_service_server::LogService for LogApi {
     }
 }
 
-async fn proxy(addr: String, req: pb::LogsRequest, tx: mpsc::Sender<Result<pb::LogLine, Status>>) {
-    let ch = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
-        Ok(ep) => ep.connect_timeout(Duration::from_secs(2)).connect_lazy(),
+async fn proxy(
+    peers: flowctl_raft::Peers,
+    addr: String,
+    req: pb::LogsRequest,
+    tx: mpsc::Sender<Result<pb::LogLine, Status>>,
+) {
+    let ch = match peers.channel(&addr) {
+        Ok(ch) => ch,
         Err(e) => {
-            let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+            let _ = tx.send(Err(Status::internal(e))).await;
             return;
         }
     };
@@ -165,7 +170,9 @@ impl LineFilter {
     }
 }
 
-fn rfc3339_ms(ms: u64) -> String {
+/// `2023-11-14T22:13:20.600Z` (UTC, milliseconds); the one timestamp formatter of the
+/// project, also used by the CLI.
+pub fn rfc3339_ms(ms: u64) -> String {
     // Civil-from-days (Howard Hinnant's algorithm), UTC.
     let secs = (ms / 1000) as i64;
     let days = secs.div_euclid(86400);
