@@ -1,0 +1,1 @@
+//! Schema registry core (work in progress).
