@@ -269,6 +269,70 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
         instance_of(&instances(name), "proc").is_some_and(|p| p.pid != old)
     })
     .unwrap();
+    // describe, from any node, shows the restart count, how the last process ended, and the
+    // events that led there.
+    wait_until(Duration::from_secs(10), || {
+        c.json(2, &["describe", "pipeline", name]).is_ok_and(|v| {
+            let proc_ = v["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| i["key"] == "proc/0")
+                .cloned()
+                .unwrap_or_default();
+            let events = v["events"].as_array().unwrap();
+            proc_["restarts"].as_u64() >= Some(1)
+                && proc_["state"] == "running"
+                && proc_["last_exit"] == "killed by signal 9"
+                && events.iter().any(|e| {
+                    e["instance"] == "proc/0" && e["reason"] == "Exited" && e["type"] == "Warning"
+                })
+                && events
+                    .iter()
+                    .any(|e| e["instance"] == "proc/0" && e["reason"] == "Restarted")
+        })
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "describe does not show the restart: {e}\n{}",
+            String::from_utf8_lossy(
+                &c.flowctl(2, &["describe", "pipeline", name])
+                    .unwrap()
+                    .stdout
+            )
+        )
+    });
+    let described = c.flowctl(1, &["describe", "pipeline", name]).unwrap();
+    let described = String::from_utf8_lossy(&described.stdout).into_owned();
+    assert!(
+        described.contains("Events:")
+            && described.contains("Restarted")
+            && described.contains("killed by signal 9"),
+        "{described}"
+    );
+
+    // graph --pipeline colours components by live health (all healthy again by now).
+    wait_until(Duration::from_secs(15), || {
+        healthy(&c, 0)
+            .iter()
+            .filter(|id| ["src", "proc", "sink"].contains(&id.as_str()))
+            .count()
+            == 3
+    })
+    .unwrap();
+    let out = c
+        .flowctl(2, &["graph", "--pipeline", name, "--format", "svg"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = String::from_utf8_lossy(&out.stdout).into_owned();
+    for id in ["src", "proc", "sink"] {
+        assert!(svg.contains(&format!("id=\"node-{id}\"")), "{svg}");
+    }
+    assert_eq!(svg.matches("healthy 1/1").count(), 3, "{svg}");
 
     let before: Vec<(String, u32)> = instances(name)
         .iter()
@@ -337,6 +401,23 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
         sinks.len() == 1 && sinks[0].pid != sink.pid && node_of(sinks[0].ppid, &c).is_some()
     })
     .unwrap_or_else(|e| panic!("sink was not moved: {e}: {:?}", instances(name)));
+    let events = c
+        .json((victim + 1) % 3, &["describe", "pipeline", name])
+        .unwrap()["events"]
+        .clone();
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["instance"] == "sink/0"
+                && e["reason"] == "Scheduled"
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("moved from node")),
+        "{events}"
+    );
 
     // The killed node restarts and converges: nothing runs twice.
     c.restart(victim).unwrap();
@@ -360,4 +441,102 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
     );
     wait_until(Duration::from_secs(15), || instances(name).is_empty())
         .unwrap_or_else(|e| panic!("processes left after delete: {e}: {:?}", instances(name)));
+}
+
+/// A changed component with several replicas is replaced one replica at a time, in replica
+/// order, each only once the one before runs the new version and is healthy: at no moment
+/// are two replicas down.
+#[test]
+fn rolling_change_replaces_one_replica_at_a_time_once_healthy() {
+    let c = Cluster::start(3, ClusterOptions::default()).unwrap();
+    let name = "rolling-test";
+    let src = example_bin("source-registration");
+    let sink = example_bin("consumer-registration");
+    let doc = |v: &str| {
+        format!(
+            r#"apiVersion: flowctl/v1
+kind: Pipeline
+metadata:
+  name: {name}
+spec:
+  sources:
+    - id: src
+      command: ["{src}"]
+      replicas: 3
+      env:
+        MY_VAR: "{v}"
+      restart_policy: always
+  sinks:
+    - id: sink
+      command: ["{sink}"]
+      inputs: [src]
+"#,
+            src = src.display(),
+            sink = sink.display()
+        )
+    };
+    let file = c.dir().join("p.yaml");
+    std::fs::write(&file, doc("v1")).unwrap();
+    let out = c
+        .flowctl(0, &["apply", "-f", file.to_str().unwrap()])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(Duration::from_secs(30), || {
+        c.json(1, &["get", "pipeline", name])
+            .is_ok_and(|v| v["ready"] == 4 && v["status"] == "Running")
+    })
+    .unwrap_or_else(|e| panic!("not running: {e}\n{}", c.log_tail(0, 30)));
+
+    std::fs::write(&file, doc("v2")).unwrap();
+    let out = c
+        .flowctl(1, &["apply", "-f", file.to_str().unwrap()])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Watch the processes until every replica runs v2.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut fewest = usize::MAX;
+    loop {
+        let procs: Vec<Proc> = instances(name)
+            .into_iter()
+            .filter(|p| p.env.contains_key("MY_VAR"))
+            .collect();
+        fewest = fewest.min(procs.len());
+        if procs.len() == 3 && procs.iter().all(|p| p.env["MY_VAR"] == "v2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollout did not finish: {procs:?}\n{}",
+            String::from_utf8_lossy(
+                &c.flowctl(0, &["describe", "pipeline", name])
+                    .unwrap()
+                    .stdout
+            )
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        fewest >= 2,
+        "{fewest} replicas were running at one moment of the rollout"
+    );
+    let v = c.json(2, &["describe", "pipeline", name]).unwrap();
+    let replaced: Vec<String> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "Replaced")
+        .map(|e| e["instance"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(replaced, ["src/0", "src/1", "src/2"], "{v}");
+    let out = c.flowctl(0, &["delete", "pipeline", name]).unwrap();
+    assert!(out.status.success());
+    wait_until(Duration::from_secs(15), || instances(name).is_empty()).unwrap();
 }

@@ -311,6 +311,41 @@ pub async fn describe_pipeline(g: &Global, name: &str) -> anyhow::Result<()> {
         .placements
         .iter()
         .collect::<std::collections::BTreeMap<_, _>>());
+    v["instances"] = Value::Array(
+        p.instances
+            .iter()
+            .map(|i| {
+                json!({
+                    "key": i.key,
+                    "component_id": i.component_id,
+                    "node_id": i.node_id,
+                    "node_addr": i.node_addr,
+                    "state": i.state,
+                    "healthy": i.healthy,
+                    "pid": i.pid,
+                    "restarts": i.restarts,
+                    "started_at": rfc3339(ts_ms(&i.started_at)),
+                    "last_exit": i.last_exit,
+                    "spec_hash": i.spec_hash,
+                })
+            })
+            .collect(),
+    );
+    v["events"] = Value::Array(
+        p.events
+            .iter()
+            .map(|e| {
+                json!({
+                    "time": rfc3339(ts_ms(&e.time)),
+                    "node_id": e.node_id,
+                    "instance": e.instance,
+                    "reason": e.reason,
+                    "message": e.message,
+                    "type": if e.warning { "Warning" } else { "Normal" },
+                })
+            })
+            .collect(),
+    );
     match g.output {
         Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
         _ => {
@@ -328,13 +363,99 @@ pub async fn describe_pipeline(g: &Global, name: &str) -> anyhow::Result<()> {
             for (k, n) in placements {
                 println!("  {k:<30} {n}");
             }
+            println!("Instances:");
+            if p.instances.is_empty() {
+                println!("  <none reported>");
+            } else {
+                println!(
+                    "  {:<28} {:<6} {:<13} {:<8} {:<8} {:<9} LAST EXIT",
+                    "INSTANCE", "NODE", "STATE", "HEALTHY", "PID", "RESTARTS"
+                );
+                for i in &p.instances {
+                    println!(
+                        "  {:<28} {:<6} {:<13} {:<8} {:<8} {:<9} {}",
+                        i.key,
+                        i.node_id,
+                        i.state,
+                        if i.healthy { "yes" } else { "no" },
+                        if i.pid == 0 {
+                            "-".to_owned()
+                        } else {
+                            i.pid.to_string()
+                        },
+                        i.restarts,
+                        if i.last_exit.is_empty() {
+                            "-"
+                        } else {
+                            &i.last_exit
+                        }
+                    );
+                }
+            }
             println!("Spec:");
             for l in p.spec_yaml.lines() {
                 println!("  {l}");
             }
+            println!("Events:");
+            if p.events.is_empty() {
+                println!("  <none>");
+            } else {
+                let now = now_ms();
+                println!(
+                    "  {:<8} {:<12} {:<6} {:<6} {:<28} MESSAGE",
+                    "TYPE", "REASON", "AGE", "NODE", "INSTANCE"
+                );
+                // The most recent 20, oldest first, as kubectl describe shows them.
+                for e in p.events.iter().skip(p.events.len().saturating_sub(20)) {
+                    println!(
+                        "  {:<8} {:<12} {:<6} {:<6} {:<28} {}",
+                        if e.warning { "Warning" } else { "Normal" },
+                        e.reason,
+                        crate::output::age(ts_ms(&e.time), now),
+                        e.node_id,
+                        if e.instance.is_empty() {
+                            "-"
+                        } else {
+                            &e.instance
+                        },
+                        e.message
+                    );
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// `flowctl graph --pipeline NAME`: the stored spec, with each component coloured by how
+/// many of its replicas are registered and healthy.
+pub async fn graph_live(
+    g: &Global,
+    name: &str,
+    args: &crate::spec_cmds::GraphArgs,
+) -> anyhow::Result<()> {
+    let resp = fetch_pipeline(g, name).await?;
+    let p = resp.pipeline.unwrap_or_default();
+    let spec = flowctl_spec::validate_pipeline(name, &p.spec_yaml)
+        .map_err(|e| anyhow::anyhow!("the stored pipeline {name} does not validate: {e}"))?;
+    let mut overlay = flowctl_spec::graph::Overlay::default();
+    for (_, c) in spec.components() {
+        let ready = p
+            .instances
+            .iter()
+            .filter(|i| {
+                i.healthy
+                    && i.key
+                        .rsplit_once('/')
+                        .is_some_and(|(cid, _)| cid == c.id.as_str())
+            })
+            .count() as u32;
+        overlay.health.insert(
+            c.id.to_string(),
+            flowctl_spec::graph::ComponentHealth::from_counts(ready, c.replicas),
+        );
+    }
+    crate::spec_cmds::write_graph(args, &spec, &overlay)
 }
 
 pub async fn get_pipelines(g: &Global) -> anyhow::Result<()> {

@@ -179,7 +179,10 @@ fn main() -> ExitCode {
             } => commands::delete_pipeline(&cli.global, &name).await,
             Command::Validate { file } => spec_cmds::validate(&cli.global, &file),
             Command::Schema { kind } => spec_cmds::schema(kind),
-            Command::Graph(args) => spec_cmds::graph(&args),
+            Command::Graph(args) => match &args.pipeline {
+                Some(name) => commands::graph_live(&cli.global, name, &args).await,
+                None => spec_cmds::graph(&args),
+            },
             Command::Cluster { what } => match what {
                 ClusterCmd::Status => commands::cluster_status(&cli.global).await,
                 ClusterCmd::Members => commands::cluster_members(&cli.global).await,

@@ -109,8 +109,16 @@ pub enum GraphFormatArg {
 #[derive(clap::Args, Debug)]
 pub struct GraphArgs {
     /// The pipeline YAML file ("-" reads standard input).
-    #[arg(short = 'f', long = "filename")]
-    pub file: String,
+    #[arg(
+        short = 'f',
+        long = "filename",
+        required_unless_present = "pipeline",
+        conflicts_with = "pipeline"
+    )]
+    pub file: Option<String>,
+    /// Draw a stored pipeline instead, with its components coloured by live health.
+    #[arg(long)]
+    pub pipeline: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = GraphFormatArg::Text)]
     pub format: GraphFormatArg,
@@ -120,24 +128,33 @@ pub struct GraphArgs {
 }
 
 /// `flowctl graph -f FILE --format svg|dot|mermaid|text [--out FILE]`: draws the pipeline's
-/// DAG from the file alone. Live health colouring (`--pipeline NAME`) needs a server and is
-/// not offered here.
+/// DAG from the file alone. `--pipeline NAME` (which needs a server) is
+/// [`crate::commands::graph_live`].
 pub fn graph(args: &GraphArgs) -> anyhow::Result<()> {
-    let text = read(&args.file)?;
-    let name = display_name(&args.file);
+    let file = args.file.as_deref().unwrap_or("-");
+    let text = read(file)?;
+    let name = display_name(file);
     let pipeline = flowctl_spec::validate_pipeline(name, &text).map_err(|e| {
         anyhow::anyhow!(
-            "{name} is not a valid pipeline (`flowctl validate -f {}` lists every problem): {e}",
-            args.file
+            "{name} is not a valid pipeline (`flowctl validate -f {file}` lists every problem): {e}"
         )
     })?;
+    write_graph(args, &pipeline, &flowctl_spec::graph::Overlay::default())
+}
+
+/// Renders in the chosen format and writes to `--out` or standard output.
+pub fn write_graph(
+    args: &GraphArgs,
+    pipeline: &flowctl_spec::ValidatedPipeline,
+    overlay: &flowctl_spec::graph::Overlay,
+) -> anyhow::Result<()> {
     let format = match args.format {
         GraphFormatArg::Svg => GraphFormat::Svg,
         GraphFormatArg::Dot => GraphFormat::Dot,
         GraphFormatArg::Mermaid => GraphFormat::Mermaid,
         GraphFormatArg::Text => GraphFormat::Text,
     };
-    let rendered = flowctl_spec::graph::render(&pipeline, format);
+    let rendered = flowctl_spec::graph::render_with(pipeline, format, overlay);
     match &args.out {
         Some(out) => {
             std::fs::write(out, rendered).with_context(|| format!("cannot write {out}"))?;
@@ -183,7 +200,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("g.svg");
         graph(&GraphArgs {
-            file: example(),
+            pipeline: None,
+            file: Some(example()),
             format: GraphFormatArg::Svg,
             out: Some(out.display().to_string()),
         })

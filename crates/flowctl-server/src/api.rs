@@ -126,7 +126,80 @@ impl Api {
                         .collect()
                 })
                 .unwrap_or_default(),
+            instances: Vec::new(),
+            events: Vec::new(),
         }
+    }
+}
+
+impl Api {
+    /// Adds what the supervisors reported: instances with their health, and recent events.
+    fn add_runtime(&self, name: &str, p: &mut pb::Pipeline) {
+        let members = self.node.status().nodes;
+        let (instances, events) = self
+            .node
+            .read_stale(|s| {
+                let Some(rt) = s.runtime.get(name) else {
+                    return (Vec::new(), Vec::new());
+                };
+                let count = |cid: &str| {
+                    rt.instances
+                        .keys()
+                        .chain(
+                            s.placements
+                                .get(name)
+                                .into_iter()
+                                .flat_map(|p| p.instances.keys()),
+                        )
+                        .filter(|k| k.rsplit_once('/').is_some_and(|(c, _)| c == cid))
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .len()
+                };
+                let instances: Vec<pb::Instance> = rt
+                    .instances
+                    .iter()
+                    .map(|(key, st)| {
+                        let component_id = match key.rsplit_once('/') {
+                            Some((c, r)) if count(c) > 1 => format!("{c}-{r}"),
+                            Some((c, _)) => c.to_owned(),
+                            None => key.clone(),
+                        };
+                        let healthy = s
+                            .components
+                            .get(&ComponentId(component_id.clone()))
+                            .is_some_and(|c| c.healthy);
+                        pb::Instance {
+                            key: key.clone(),
+                            node_id: st.node.0,
+                            node_addr: members.get(&st.node.0).cloned().unwrap_or_default(),
+                            state: st.state.as_str().to_owned(),
+                            pid: st.pid.unwrap_or(0),
+                            restarts: st.restarts,
+                            started_at: ts(st.started_at_ms),
+                            last_exit: st.last_exit.clone().unwrap_or_default(),
+                            component_id,
+                            healthy,
+                            spec_hash: st.spec_hash.clone(),
+                        }
+                    })
+                    .collect();
+                let events: Vec<pb::PipelineEvent> = rt
+                    .events
+                    .iter()
+                    .map(|e| pb::PipelineEvent {
+                        time: ts(e.at_ms),
+                        node_id: e.node.0,
+                        instance: e.instance.clone(),
+                        reason: e.reason.clone(),
+                        message: e.message.clone(),
+                        warning: e.warning,
+                    })
+                    .collect();
+                (instances, events)
+            })
+            .0;
+        p.instances = instances;
+        p.events = events;
     }
 }
 
@@ -172,8 +245,11 @@ impl pb::pipeline_service_server::PipelineService for Api {
         let req = req.into_inner();
         let (rec, meta) =
             pipelines::get(&self.node, &req.name, consistency(req.consistency)).await?;
+        let name = rec.name.clone();
+        let mut p = self.pipeline_pb(rec);
+        self.add_runtime(&name, &mut p);
         Ok(Response::new(pb::GetPipelineResponse {
-            pipeline: Some(self.pipeline_pb(rec)),
+            pipeline: Some(p),
             meta: Some(meta_pb(meta)),
         }))
     }

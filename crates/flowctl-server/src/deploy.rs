@@ -17,7 +17,10 @@ use flowctl_proto::internal::v1 as ipb;
 use flowctl_raft::RaftNode;
 use flowctl_spec::{Component, RestartPolicy, ValidatedPipeline};
 use flowctl_state::placements::{instance_key, SetPlacement};
-use flowctl_state::{Command, NodeId};
+use flowctl_state::runtime::{
+    InstanceState, InstanceStatus, PipelineReport, ReportRuntime, RuntimeEvent,
+};
+use flowctl_state::{Command, ComponentId, NodeId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -209,11 +212,46 @@ async fn run_scheduler(
             if unchanged {
                 continue;
             }
-            let cmd = Command::SetPlacement(SetPlacement {
+            // Say why instances moved: the events go in the same log entry as the placement.
+            let me = NodeId(node.id());
+            let at_ms = now_ms();
+            let events: Vec<RuntimeEvent> = instances
+                .iter()
+                .filter_map(|(key, n)| {
+                    let message = match old.and_then(|o| o.instances.get(key)) {
+                        Some(prev) if prev == n => return None,
+                        Some(prev) => format!(
+                            "moved from node {} (not answering for {:?}) to node {}",
+                            prev.0, opts.node_grace, n.0
+                        ),
+                        None => format!("placed on node {}", n.0),
+                    };
+                    Some(RuntimeEvent {
+                        at_ms,
+                        node: me,
+                        instance: key.clone(),
+                        reason: "Scheduled".into(),
+                        message,
+                        warning: old.is_some_and(|o| o.instances.contains_key(key)),
+                    })
+                })
+                .collect();
+            let mut cmds = vec![Command::SetPlacement(SetPlacement {
                 pipeline: name.clone(),
                 generation,
                 instances,
-            });
+            })];
+            if !events.is_empty() {
+                cmds.push(Command::ReportRuntime(ReportRuntime {
+                    node: me,
+                    pipelines: vec![PipelineReport {
+                        pipeline: name.clone(),
+                        instances: Vec::new(),
+                        events,
+                    }],
+                }));
+            }
+            let cmd = Command::Batch(cmds);
             match node.propose(cmd).await {
                 Ok(_) => {
                     tracing::info!(pipeline = %name, generation = generation, "placed pipeline instances")
@@ -241,11 +279,35 @@ struct Desired {
 
 struct Running {
     desired: Desired,
+    /// [`spec_hash`] of `desired`.
+    hash: String,
     child: Option<tokio::process::Child>,
     restarts: u32,
     next_start: Instant,
     /// Set once the instance exited and will not be restarted (policy).
     done: bool,
+    started_at_ms: u64,
+    last_exit: Option<String>,
+}
+
+impl Running {
+    fn status(&self, node: NodeId) -> InstanceStatus {
+        let state = match (&self.child, self.done) {
+            (Some(_), _) => InstanceState::Running,
+            (None, true) => InstanceState::Exited,
+            (None, false) if self.last_exit.is_none() => InstanceState::StartFailed,
+            (None, false) => InstanceState::Backoff,
+        };
+        InstanceStatus {
+            node,
+            spec_hash: self.hash.clone(),
+            state,
+            pid: self.child.as_ref().and_then(tokio::process::Child::id),
+            restarts: self.restarts,
+            started_at_ms: self.started_at_ms,
+            last_exit: self.last_exit.clone(),
+        }
+    }
 }
 
 /// `config` keys become UPPER_SNAKE environment variables.
@@ -524,6 +586,205 @@ fn backoff(restarts: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
+/// An instance that is running but not (yet) healthy lets the rollout go on after this long
+/// only if it never registered: a program that does not use the agent cannot report health.
+const ROLLOUT_UNREGISTERED_GRACE: Duration = Duration::from_secs(20);
+/// Pending events kept while reports cannot be committed; the oldest are dropped first.
+const MAX_PENDING_EVENTS: usize = 256;
+/// Environment entries that differ between replicas of one component version.
+const PER_REPLICA_ENV: [&str; 3] = ["FLOWCTL_COMPONENT_ID", "FLOWCTL_REPLICA", "HEALTH_PORT"];
+
+/// A stable hash of what a component version runs, equal across its replicas (FNV-1a).
+fn spec_hash(d: &Desired) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |s: &str| {
+        for b in s.bytes().chain(std::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(&d.program);
+    for a in &d.args {
+        feed(a);
+    }
+    for (k, v) in &d.env {
+        if !PER_REPLICA_ENV.contains(&k.as_str()) {
+            feed(k);
+            feed(v);
+        }
+    }
+    feed(&format!("{:?}", d.policy));
+    format!("{h:016x}")
+}
+
+/// The component id an instance registers under (as in [`instance_env`]).
+fn instance_component_id(component: &str, replica: u32, replicas: usize) -> String {
+    if replicas > 1 {
+        format!("{component}-{replica}")
+    } else {
+        component.to_owned()
+    }
+}
+
+/// Whether replica `replica` of a changed component may be replaced now: every lower replica
+/// of the component (on any node) already runs `hash` and is healthy, exited for good, or
+/// is a program that never registers and has run for [`ROLLOUT_UNREGISTERED_GRACE`]. So a
+/// changed component rolls one replica at a time across the cluster, and a new version that
+/// crashes or stays unhealthy stops the rollout.
+fn may_replace(node: &RaftNode, d: &Desired, hash: &str, now_ms: u64) -> bool {
+    let Some((cid, replica)) = d.key.rsplit_once('/') else {
+        return true;
+    };
+    let Ok(replica) = replica.parse::<u32>() else {
+        return true;
+    };
+    node.read_stale(|s| {
+        let Some(p) = s.placements.get(&d.pipeline) else {
+            return true;
+        };
+        let rt = s.runtime.get(&d.pipeline);
+        let replicas: Vec<u32> = p
+            .instances
+            .keys()
+            .filter_map(|k| k.rsplit_once('/'))
+            .filter(|(c, _)| *c == cid)
+            .filter_map(|(_, r)| r.parse::<u32>().ok())
+            .collect();
+        let count = replicas.len();
+        replicas.iter().filter(|r| **r < replica).all(|r| {
+            let Some(st) = rt.and_then(|rt| rt.instances.get(&instance_key(cid, *r))) else {
+                return false;
+            };
+            if st.spec_hash != hash {
+                return false;
+            }
+            match st.state {
+                InstanceState::Exited => true,
+                InstanceState::Backoff | InstanceState::StartFailed => false,
+                InstanceState::Running => {
+                    let id = ComponentId(instance_component_id(cid, *r, count));
+                    // Registrations carry the leader's clock; allow a little skew.
+                    let rec = s
+                        .components
+                        .get(&id)
+                        .filter(|c| c.registered_at_ms + 2_000 >= st.started_at_ms);
+                    match rec {
+                        Some(c) => c.healthy,
+                        None => {
+                            now_ms.saturating_sub(st.started_at_ms)
+                                >= ROLLOUT_UNREGISTERED_GRACE.as_millis() as u64
+                        }
+                    }
+                }
+            }
+        })
+    })
+    .0
+}
+
+/// Collects this node's events and commits them, with the status of its instances, as
+/// [`Command::ReportRuntime`].
+struct Reporter {
+    node: RaftNode,
+    events: Vec<(String, RuntimeEvent)>,
+}
+
+impl Reporter {
+    fn event(
+        &mut self,
+        pipeline: &str,
+        instance: &str,
+        reason: &str,
+        message: String,
+        warning: bool,
+    ) {
+        if self.events.len() >= MAX_PENDING_EVENTS {
+            self.events.remove(0);
+            metrics::counter!("flowctl_supervisor_events_dropped_total").increment(1);
+        }
+        self.events.push((
+            pipeline.to_owned(),
+            RuntimeEvent {
+                at_ms: now_ms(),
+                node: NodeId(self.node.id()),
+                instance: instance.to_owned(),
+                reason: reason.to_owned(),
+                message,
+                warning,
+            },
+        ));
+    }
+
+    /// Sends what differs from the replicated state (so a restarted node also clears what it
+    /// no longer runs), plus the pending events. Kept for the next tick when not committed.
+    async fn flush(&mut self, current: BTreeMap<(String, String), InstanceStatus>) {
+        let me = NodeId(self.node.id());
+        let stored: BTreeMap<(String, String), InstanceStatus> = self
+            .node
+            .read_stale(|s| {
+                s.runtime
+                    .iter()
+                    .flat_map(|(p, rt)| {
+                        rt.instances
+                            .iter()
+                            .filter(|(_, st)| st.node == me)
+                            .map(|(k, st)| ((p.clone(), k.clone()), st.clone()))
+                    })
+                    .collect()
+            })
+            .0;
+        let mut by_pipeline: BTreeMap<String, PipelineReport> = BTreeMap::new();
+        fn entry<'a>(
+            m: &'a mut BTreeMap<String, PipelineReport>,
+            p: &str,
+        ) -> &'a mut PipelineReport {
+            m.entry(p.to_owned()).or_insert_with(|| PipelineReport {
+                pipeline: p.to_owned(),
+                instances: Vec::new(),
+                events: Vec::new(),
+            })
+        }
+        for (k, st) in &current {
+            if stored.get(k) != Some(st) {
+                entry(&mut by_pipeline, &k.0)
+                    .instances
+                    .push((k.1.clone(), Some(st.clone())));
+            }
+        }
+        for k in stored.keys() {
+            if !current.contains_key(k) {
+                entry(&mut by_pipeline, &k.0)
+                    .instances
+                    .push((k.1.clone(), None));
+            }
+        }
+        for (p, e) in &self.events {
+            entry(&mut by_pipeline, p).events.push(e.clone());
+        }
+        if by_pipeline.is_empty() {
+            return;
+        }
+        let cmd = Command::ReportRuntime(ReportRuntime {
+            node: me,
+            pipelines: by_pipeline.into_values().collect(),
+        });
+        match tokio::time::timeout(Duration::from_secs(3), self.node.propose(cmd)).await {
+            Ok(Ok(_)) => self.events.clear(),
+            Ok(Err(e)) => tracing::debug!(error = %e, "runtime report not committed; retrying"),
+            Err(_) => tracing::debug!("runtime report timed out; retrying"),
+        }
+    }
+}
+
+fn exit_text(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
 async fn run_supervisor(
     node: RaftNode,
     specs: SpecCache,
@@ -531,6 +792,10 @@ async fn run_supervisor(
     cancel: CancellationToken,
 ) {
     let mut running: BTreeMap<(String, String), Running> = BTreeMap::new();
+    let mut reporter = Reporter {
+        node: node.clone(),
+        events: Vec::new(),
+    };
     let pumps = tokio_util::task::TaskTracker::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -552,48 +817,52 @@ async fn run_supervisor(
                     stop_instance(c).await;
                 }
                 tracing::info!(pipeline = %k.0, instance = %k.1, "stopped instance");
+                reporter.event(
+                    &k.0,
+                    &k.1,
+                    "Stopped",
+                    "no longer placed on this node".into(),
+                    false,
+                );
             }
         }
-        // One rolling replacement per component per tick.
+        // One rolling replacement per component per tick, and only once the lower replicas
+        // run the new version and are healthy (see `may_replace`).
         let mut rolled: HashSet<(String, String)> = HashSet::new();
         let now = Instant::now();
         for (k, d) in &desired {
             let comp = (d.pipeline.clone(), d.component.clone());
             match running.get_mut(k) {
                 None => {
-                    let child = match start_instance(d, &opts, &pumps).await {
-                        Ok(c) => Some(c),
-                        Err(e) => {
-                            tracing::warn!(pipeline = %d.pipeline, instance = %d.key, error = %e, "cannot start instance");
-                            None
-                        }
+                    let mut r = Running {
+                        desired: d.clone(),
+                        hash: spec_hash(d),
+                        restarts: 0,
+                        next_start: now + backoff(0),
+                        done: false,
+                        child: None,
+                        started_at_ms: now_ms(),
+                        last_exit: None,
                     };
-                    if child.is_some() {
-                        tracing::info!(pipeline = %d.pipeline, instance = %d.key, "started instance");
-                    }
-                    running.insert(
-                        k.clone(),
-                        Running {
-                            desired: d.clone(),
-                            restarts: 0,
-                            next_start: now + backoff(0),
-                            done: false,
-                            child,
-                        },
-                    );
+                    launch(&mut r, &opts, &pumps, &mut reporter, "Started").await;
+                    running.insert(k.clone(), r);
                 }
                 Some(r) if r.desired != *d => {
-                    if !rolled.insert(comp) {
+                    let hash = spec_hash(d);
+                    if rolled.contains(&comp) || !may_replace(&node, d, &hash, now_ms()) {
                         continue;
                     }
+                    rolled.insert(comp);
                     if let Some(c) = r.child.as_mut() {
                         stop_instance(c).await;
                     }
-                    r.child = start_instance(d, &opts, &pumps).await.ok();
+                    r.child = None;
                     r.desired = d.clone();
+                    r.hash = hash;
                     r.restarts = 0;
                     r.done = false;
-                    tracing::info!(pipeline = %d.pipeline, instance = %d.key, "replaced instance with the changed spec");
+                    r.last_exit = None;
+                    launch(r, &opts, &pumps, &mut reporter, "Replaced").await;
                     metrics::counter!("flowctl_supervisor_replacements_total").increment(1);
                 }
                 Some(r) => {
@@ -602,15 +871,19 @@ async fn run_supervisor(
                     }
                     let exited = match r.child.as_mut() {
                         Some(c) => match c.try_wait() {
-                            Ok(Some(status)) => Some(status.success()),
+                            Ok(Some(status)) => Some((status.success(), exit_text(status))),
                             Ok(None) => None,
-                            Err(_) => Some(false),
+                            Err(e) => Some((false, e.to_string())),
                         },
-                        None => Some(false),
+                        None => Some((false, String::new())),
                     };
-                    let Some(success) = exited else { continue };
+                    let Some((success, how)) = exited else {
+                        continue;
+                    };
                     if r.child.is_some() {
                         tracing::info!(pipeline = %d.pipeline, instance = %d.key, success, restarts = r.restarts, "instance exited");
+                        reporter.event(&d.pipeline, &d.key, "Exited", how.clone(), !success);
+                        r.last_exit = Some(how);
                         r.child = None;
                         r.next_start = now + backoff(r.restarts);
                     }
@@ -624,17 +897,22 @@ async fn run_supervisor(
                         continue;
                     }
                     if now >= r.next_start {
-                        r.child = start_instance(d, &opts, &pumps).await.ok();
                         r.restarts += 1;
                         r.next_start = now + backoff(r.restarts);
+                        launch(r, &opts, &pumps, &mut reporter, "Restarted").await;
                         metrics::counter!("flowctl_supervisor_restarts_total").increment(1);
-                        tracing::info!(pipeline = %d.pipeline, instance = %d.key, restarts = r.restarts, "restarted instance");
                     }
                 }
             }
         }
         metrics::gauge!("flowctl_supervisor_instances")
             .set(running.values().filter(|r| r.child.is_some()).count() as f64);
+        let me = NodeId(node.id());
+        let current = running
+            .iter()
+            .map(|(k, r)| (k.clone(), r.status(me)))
+            .collect();
+        reporter.flush(current).await;
     }
     // Shutting down: stop every child before the node exits.
     for (_, mut r) in std::mem::take(&mut running) {
@@ -646,6 +924,42 @@ async fn run_supervisor(
     let _ = tokio::time::timeout(Duration::from_secs(2), pumps.wait()).await;
 }
 
+/// Starts `r`'s process and records the outcome as an event named `reason`.
+async fn launch(
+    r: &mut Running,
+    opts: &DeployOptions,
+    pumps: &tokio_util::task::TaskTracker,
+    reporter: &mut Reporter,
+    reason: &str,
+) {
+    let d = &r.desired;
+    r.started_at_ms = now_ms();
+    match start_instance(d, opts, pumps).await {
+        Ok(c) => {
+            let pid = c.id().unwrap_or(0);
+            tracing::info!(pipeline = %d.pipeline, instance = %d.key, pid, restarts = r.restarts, "{}", reason.to_lowercase());
+            let message = match reason {
+                "Restarted" => format!("pid {pid}, restart {}", r.restarts),
+                "Replaced" => format!("pid {pid}, with the changed spec {}", r.hash),
+                _ => format!("pid {pid}"),
+            };
+            reporter.event(&d.pipeline, &d.key, reason, message, reason == "Restarted");
+            r.child = Some(c);
+        }
+        Err(e) => {
+            tracing::warn!(pipeline = %d.pipeline, instance = %d.key, error = %e, "cannot start instance");
+            reporter.event(
+                &d.pipeline,
+                &d.key,
+                "StartFailed",
+                format!("cannot start {:?}: {e}", d.program),
+                true,
+            );
+            r.child = None;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -655,6 +969,31 @@ mod tests {
         assert_eq!(env_name("startLedger"), "START_LEDGER");
         assert_eq!(env_name("network.passphrase"), "NETWORK_PASSPHRASE");
         assert_eq!(env_name("batch_size"), "BATCH_SIZE");
+    }
+
+    #[test]
+    fn spec_hash_ignores_per_replica_env_only() {
+        let d = |id: &str, brokers: &str| Desired {
+            pipeline: "p".into(),
+            key: "c/0".into(),
+            component: "c".into(),
+            program: "prog".into(),
+            args: vec!["-v".into()],
+            env: [
+                ("FLOWCTL_COMPONENT_ID".to_owned(), id.to_owned()),
+                ("KAFKA_BROKERS".to_owned(), brokers.to_owned()),
+            ]
+            .into(),
+            policy: RestartPolicy::Always,
+        };
+        assert_eq!(
+            spec_hash(&d("c-0", "b:9092")),
+            spec_hash(&d("c-1", "b:9092"))
+        );
+        assert_ne!(
+            spec_hash(&d("c-0", "b:9092")),
+            spec_hash(&d("c-0", "b:9093"))
+        );
     }
 
     #[test]

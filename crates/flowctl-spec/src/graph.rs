@@ -23,16 +23,81 @@ pub enum GraphFormat {
 
 /// Renders the pipeline in `format`.
 pub fn render(p: &ValidatedPipeline, format: GraphFormat) -> String {
+    render_with(p, format, &Overlay::default())
+}
+
+/// Renders the pipeline in `format` with live information drawn over it.
+pub fn render_with(p: &ValidatedPipeline, format: GraphFormat, ov: &Overlay) -> String {
     match format {
-        GraphFormat::Svg => to_svg(p),
-        GraphFormat::Dot => to_dot(p),
-        GraphFormat::Mermaid => to_mermaid(p),
-        GraphFormat::Text => to_text(p),
+        GraphFormat::Svg => svg_with(p, ov),
+        GraphFormat::Dot => dot_with(p, ov),
+        GraphFormat::Mermaid => mermaid_with(p, ov),
+        GraphFormat::Text => text_with(p, ov),
     }
 }
 
-/// The lines that describe a component inside its box: id, kind (and type), event types.
-fn node_lines(kind: ComponentKind, c: &Component) -> Vec<String> {
+/// What a running cluster knows beyond the spec: each component's health (which colours its
+/// node) and notes on event types (such as their registered schema versions, shown on edges).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overlay {
+    /// By component id.
+    pub health: BTreeMap<String, ComponentHealth>,
+    /// By event type, e.g. `v2, id 7`.
+    pub event_type_notes: BTreeMap<String, String>,
+}
+
+/// The live health of a component's replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComponentHealth {
+    /// Every replica is registered and healthy.
+    Healthy { ready: u32, desired: u32 },
+    /// Some are.
+    Degraded { ready: u32, desired: u32 },
+    /// None is.
+    Down { desired: u32 },
+}
+
+impl ComponentHealth {
+    /// From the count of healthy replicas.
+    pub fn from_counts(ready: u32, desired: u32) -> Self {
+        if desired > 0 && ready >= desired {
+            Self::Healthy { ready, desired }
+        } else if ready > 0 {
+            Self::Degraded { ready, desired }
+        } else {
+            Self::Down { desired }
+        }
+    }
+
+    fn text(self) -> String {
+        match self {
+            Self::Healthy { ready, desired } => format!("healthy {ready}/{desired}"),
+            Self::Degraded { ready, desired } => format!("degraded {ready}/{desired}"),
+            Self::Down { desired } => format!("down 0/{desired}"),
+        }
+    }
+
+    /// Fill and stroke.
+    fn colours(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Healthy { .. } => ("#c8e6c9", "#2e7d32"),
+            Self::Degraded { .. } => ("#ffe0b2", "#ef6c00"),
+            Self::Down { .. } => ("#ffcdd2", "#c62828"),
+        }
+    }
+}
+
+/// Fill and stroke of a component: by health when known, else by kind.
+fn node_colours(kind: ComponentKind, c: &Component, ov: &Overlay) -> (&'static str, &'static str) {
+    match ov.health.get(c.id.as_str()) {
+        Some(h) => h.colours(),
+        None => colours(kind),
+    }
+}
+
+/// The lines that describe a component inside its box: id, kind (and type), event types,
+/// and its health when known.
+fn node_lines(kind: ComponentKind, c: &Component, ov: &Overlay) -> Vec<String> {
     let mut lines = vec![c.id.to_string()];
     let mut what = kind.as_str().to_owned();
     if let Some(t) = &c.component_type {
@@ -45,14 +110,24 @@ fn node_lines(kind: ComponentKind, c: &Component) -> Vec<String> {
     lines.push(what);
     lines.extend(c.input_event_types.iter().map(|t| format!("in:  {t}")));
     lines.extend(c.output_event_types.iter().map(|t| format!("out: {t}")));
+    if let Some(h) = ov.health.get(c.id.as_str()) {
+        lines.push(h.text());
+    }
     lines
 }
 
-fn edge_types_text(e: &Edge<'_>) -> String {
+fn edge_types_text(e: &Edge<'_>, ov: &Overlay) -> String {
     if e.event_types.is_empty() {
         "any event type".to_owned()
     } else {
-        e.event_types.join(", ")
+        e.event_types
+            .iter()
+            .map(|t| match ov.event_type_notes.get(*t) {
+                Some(n) => format!("{t} ({n})"),
+                None => t.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -61,6 +136,10 @@ fn edge_types_text(e: &Edge<'_>) -> String {
 
 /// A plain-text listing: components by layer, then edges with topics and event types.
 pub fn to_text(p: &ValidatedPipeline) -> String {
+    text_with(p, &Overlay::default())
+}
+
+fn text_with(p: &ValidatedPipeline, ov: &Overlay) -> String {
     let edges = p.edges();
     let mut out = String::new();
     let _ = writeln!(
@@ -74,7 +153,7 @@ pub fn to_text(p: &ValidatedPipeline) -> String {
     for (layer, column) in columns(p).iter().enumerate() {
         let _ = writeln!(out, "\nlayer {layer}");
         for (kind, c) in column {
-            let lines = node_lines(*kind, c);
+            let lines = node_lines(*kind, c, ov);
             let _ = writeln!(out, "  {}  [{}]", lines[0], lines[1]);
             for l in &lines[2..] {
                 let _ = writeln!(out, "    {l}");
@@ -87,7 +166,7 @@ pub fn to_text(p: &ValidatedPipeline) -> String {
     for e in &edges {
         let _ = writeln!(out, "  {} -> {}", e.from.id, e.to.id);
         let _ = writeln!(out, "    topic {}", e.topic);
-        let _ = writeln!(out, "    types {}", edge_types_text(e));
+        let _ = writeln!(out, "    types {}", edge_types_text(e, ov));
     }
     out
 }
@@ -110,9 +189,13 @@ fn mermaid_text(s: &str) -> String {
 
 /// A Mermaid flowchart (left to right), coloured by kind.
 pub fn to_mermaid(p: &ValidatedPipeline) -> String {
+    mermaid_with(p, &Overlay::default())
+}
+
+fn mermaid_with(p: &ValidatedPipeline, ov: &Overlay) -> String {
     let mut out = String::from("flowchart LR\n");
     for (kind, c) in p.components() {
-        let label: Vec<String> = node_lines(kind, c)
+        let label: Vec<String> = node_lines(kind, c, ov)
             .iter()
             .map(|l| mermaid_text(l))
             .collect();
@@ -122,7 +205,12 @@ pub fn to_mermaid(p: &ValidatedPipeline) -> String {
             mermaid_id(c),
             label[0],
             label[1..].join("<br/>"),
-            kind.as_str()
+            match ov.health.get(c.id.as_str()) {
+                Some(ComponentHealth::Healthy { .. }) => "healthy",
+                Some(ComponentHealth::Degraded { .. }) => "degraded",
+                Some(ComponentHealth::Down { .. }) => "down",
+                None => kind.as_str(),
+            }
         );
     }
     for e in p.edges() {
@@ -131,7 +219,7 @@ pub fn to_mermaid(p: &ValidatedPipeline) -> String {
             "  {} -->|\"{}<br/>{}\"| {}",
             mermaid_id(e.from),
             mermaid_text(&e.topic),
-            mermaid_text(&edge_types_text(&e)),
+            mermaid_text(&edge_types_text(&e, ov)),
             mermaid_id(e.to)
         );
     }
@@ -142,6 +230,27 @@ pub fn to_mermaid(p: &ValidatedPipeline) -> String {
             "  classDef {} fill:{fill},stroke:{stroke},color:#000",
             kind.as_str()
         );
+    }
+    if !ov.health.is_empty() {
+        for h in [
+            ComponentHealth::Healthy {
+                ready: 0,
+                desired: 0,
+            },
+            ComponentHealth::Degraded {
+                ready: 0,
+                desired: 0,
+            },
+            ComponentHealth::Down { desired: 0 },
+        ] {
+            let (fill, stroke) = h.colours();
+            let name = h.text();
+            let name = name.split(' ').next().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  classDef {name} fill:{fill},stroke:{stroke},color:#000"
+            );
+        }
     }
     out
 }
@@ -155,6 +264,10 @@ fn dot_text(s: &str) -> String {
 
 /// A Graphviz digraph (left to right); `dot -Tsvg` renders it.
 pub fn to_dot(p: &ValidatedPipeline) -> String {
+    dot_with(p, &Overlay::default())
+}
+
+fn dot_with(p: &ValidatedPipeline, ov: &Overlay) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", dot_text(p.name()));
     out.push_str("  rankdir=LR;\n");
@@ -163,8 +276,11 @@ pub fn to_dot(p: &ValidatedPipeline) -> String {
     );
     out.push_str("  edge [fontname=\"monospace\", fontsize=9];\n");
     for (kind, c) in p.components() {
-        let label: Vec<String> = node_lines(kind, c).iter().map(|l| dot_text(l)).collect();
-        let (fill, stroke) = colours(kind);
+        let label: Vec<String> = node_lines(kind, c, ov)
+            .iter()
+            .map(|l| dot_text(l))
+            .collect();
+        let (fill, stroke) = node_colours(kind, c, ov);
         let _ = writeln!(
             out,
             "  \"{}\" [label=\"{}\", fillcolor=\"{fill}\", color=\"{stroke}\"];",
@@ -192,7 +308,7 @@ pub fn to_dot(p: &ValidatedPipeline) -> String {
             dot_text(e.from.id.as_str()),
             dot_text(e.to.id.as_str()),
             dot_text(&e.topic),
-            dot_text(&edge_types_text(&e))
+            dot_text(&edge_types_text(&e, ov))
         );
     }
     out.push_str("}\n");
@@ -413,8 +529,12 @@ struct Label {
 /// coloured by kind, and curved edges labelled with topic and event types. Edges that span
 /// several layers run in lanes of their own through the columns they cross.
 pub fn to_svg(p: &ValidatedPipeline) -> String {
+    svg_with(p, &Overlay::default())
+}
+
+fn svg_with(p: &ValidatedPipeline, ov: &Overlay) -> String {
     let g = Layered::new(p);
-    let lines: Vec<Vec<String>> = g.nodes.iter().map(|(k, c)| node_lines(*k, c)).collect();
+    let lines: Vec<Vec<String>> = g.nodes.iter().map(|(k, c)| node_lines(*k, c, ov)).collect();
     let size = |it: &Item| -> (f64, f64) {
         match it {
             Item::Node(i) => {
@@ -457,7 +577,7 @@ pub fn to_svg(p: &ValidatedPipeline) -> String {
             .unwrap_or(0);
         first_gap[ei] = l;
         let e = &g.edges[ei];
-        let w = text_width(&e.topic).max(text_width(&edge_types_text(e))) + 40.0;
+        let w = text_width(&e.topic).max(text_width(&edge_types_text(e, ov))) + 40.0;
         gap[l] = gap[l].max(w);
     }
 
@@ -555,7 +675,7 @@ pub fn to_svg(p: &ValidatedPipeline) -> String {
         }
         let (x, y) = bezier(pts[0], pts[1], 0.5);
         let e = &g.edges[ei];
-        let w = text_width(&e.topic).max(text_width(&edge_types_text(e))) + 8.0;
+        let w = text_width(&e.topic).max(text_width(&edge_types_text(e, ov))) + 8.0;
         labels.push(Label {
             edge: ei,
             gap: first_gap[ei],
@@ -654,7 +774,7 @@ pub fn to_svg(p: &ValidatedPipeline) -> String {
             "    <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"11\" fill=\"#777\">{}</text>",
             label.x,
             label.y + LINE_H - 6.0,
-            xml(&edge_types_text(e))
+            xml(&edge_types_text(e, ov))
         );
         out.push_str("  </g>\n");
     }
@@ -663,7 +783,7 @@ pub fn to_svg(p: &ValidatedPipeline) -> String {
         let Some(r) = placed.get(&Item::Node(i)) else {
             continue;
         };
-        let (fill, stroke) = colours(*kind);
+        let (fill, stroke) = node_colours(*kind, c, ov);
         let _ = writeln!(
             out,
             "  <g class=\"node {}\" id=\"node-{}\">",
@@ -703,6 +823,28 @@ mod tests {
     fn bezier_ends_at_its_endpoints() {
         assert_eq!(bezier((0.0, 0.0), (10.0, 5.0), 0.0), (0.0, 0.0));
         assert_eq!(bezier((0.0, 0.0), (10.0, 5.0), 1.0), (10.0, 5.0));
+    }
+
+    #[test]
+    fn health_overlay_colours_nodes_and_annotates_edges() {
+        let yaml = "apiVersion: flowctl/v1\nkind: Pipeline\nmetadata:\n  name: p\nspec:\n  sources:\n    - id: src\n      command: [a]\n      output_event_types: [x.Ev]\n  sinks:\n    - id: snk\n      command: [b]\n      inputs: [src]\n";
+        let p = crate::validate_pipeline("p.yaml", yaml).unwrap();
+        let mut ov = Overlay::default();
+        ov.health
+            .insert("src".into(), ComponentHealth::from_counts(1, 1));
+        ov.health
+            .insert("snk".into(), ComponentHealth::from_counts(0, 2));
+        ov.event_type_notes.insert("x.Ev".into(), "v3, id 9".into());
+        let svg = render_with(&p, GraphFormat::Svg, &ov);
+        assert!(svg.contains("#c8e6c9"), "healthy fill");
+        assert!(svg.contains("#ffcdd2"), "down fill");
+        assert!(svg.contains("down 0/2"));
+        assert!(svg.contains("x.Ev (v3, id 9)"));
+        let dot = render_with(&p, GraphFormat::Dot, &ov);
+        assert!(dot.contains("fillcolor=\"#ffcdd2\""));
+        let mmd = render_with(&p, GraphFormat::Mermaid, &ov);
+        assert!(mmd.contains(":::down") && mmd.contains("classDef down"));
+        assert!(!render(&p, GraphFormat::Svg).contains("healthy"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod components;
 pub mod ids;
 pub mod pipelines;
 pub mod placements;
+pub mod runtime;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,6 +42,8 @@ pub enum Command {
     SetComponentHealth(components::SetHealth),
     /// The leader's placement of a pipeline's instances on nodes.
     SetPlacement(placements::SetPlacement),
+    /// A node's report of the instances it runs and what happened to them.
+    ReportRuntime(runtime::ReportRuntime),
     /// Several commands proposed together as one log entry (the leader batches concurrent
     /// proposals). They apply in order; each gets its own outcome.
     Batch(Vec<Command>),
@@ -86,6 +89,7 @@ pub enum Outcome {
         pipeline: String,
     },
     PlacementUnchanged,
+    RuntimeReported,
     Rejected(Rejection),
     /// The outcomes of a [`Command::Batch`], in order.
     Batch(Vec<Outcome>),
@@ -98,6 +102,7 @@ pub enum Touched {
     RemovedNode(NodeId),
     Component(ComponentId),
     Placement(String),
+    Runtime(String),
 }
 
 /// The whole replicated application state.
@@ -110,6 +115,9 @@ pub struct State {
     /// Placements by pipeline name.
     #[serde(default)]
     pub placements: BTreeMap<String, placements::Placement>,
+    /// What the supervisors report, by pipeline name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runtime: BTreeMap<String, runtime::PipelineRuntime>,
     /// Index of pipeline ids to names: derived from `pipelines`, never persisted. `apply`
     /// rebuilds it when it is out of step (after decoding or loading from disk).
     #[serde(skip)]
@@ -123,6 +131,7 @@ impl PartialEq for State {
             && self.removed_nodes == other.removed_nodes
             && self.components == other.components
             && self.placements == other.placements
+            && self.runtime == other.runtime
     }
 }
 
@@ -137,6 +146,7 @@ pub fn apply(state: &mut State, index: u64, cmd: &Command) -> (Outcome, Vec<Touc
         Command::UnregisterComponent(c) => components::unregister(state, c),
         Command::SetComponentHealth(c) => components::set_health(state, index, c),
         Command::SetPlacement(c) => placements::set(state, index, c),
+        Command::ReportRuntime(c) => runtime::report(state, c),
         Command::Batch(cmds) => {
             let mut outcomes = Vec::with_capacity(cmds.len());
             let mut touched = Vec::new();

@@ -128,6 +128,9 @@ pub(crate) fn delete_pipeline(state: &mut State, c: &DeletePipeline) -> (Outcome
             if state.placements.remove(&c.name).is_some() {
                 touched.push(Touched::Placement(c.name.clone()));
             }
+            if state.runtime.remove(&c.name).is_some() {
+                touched.push(Touched::Runtime(c.name.clone()));
+            }
             (
                 Outcome::PipelineDeleted {
                     name: c.name.clone(),

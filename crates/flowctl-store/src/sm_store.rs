@@ -22,6 +22,7 @@ const PIPELINE_PREFIX: &str = "p/";
 const REMOVED_PREFIX: &str = "r/";
 const COMPONENT_PREFIX: &str = "c/";
 const PLACEMENT_PREFIX: &str = "l/";
+const RUNTIME_PREFIX: &str = "x/";
 
 /// What has been applied, as openraft sees it.
 #[derive(Debug, Clone, Default)]
@@ -88,6 +89,10 @@ fn pipeline_key(name: &str) -> Vec<u8> {
     format!("{PIPELINE_PREFIX}{name}").into_bytes()
 }
 
+fn runtime_key(pipeline: &str) -> Vec<u8> {
+    format!("{RUNTIME_PREFIX}{pipeline}").into_bytes()
+}
+
 fn placement_key(pipeline: &str) -> Vec<u8> {
     format!("{PLACEMENT_PREFIX}{pipeline}").into_bytes()
 }
@@ -112,6 +117,9 @@ impl StateMachineStore {
             } else if let Some(name) = key.strip_prefix(PLACEMENT_PREFIX) {
                 let p = codec::decode("placement", &v).map_err(sm_read)?;
                 inner.state.placements.insert(name.to_owned(), p);
+            } else if let Some(name) = key.strip_prefix(RUNTIME_PREFIX) {
+                let r = codec::decode("pipeline runtime", &v).map_err(sm_read)?;
+                inner.state.runtime.insert(name.to_owned(), r);
             } else if key.starts_with(COMPONENT_PREFIX) {
                 let rec: ComponentRecord =
                     codec::decode("component record", &v).map_err(sm_read)?;
@@ -252,6 +260,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         ),
                         None => batch.delete_cf(sm, placement_key(&name)),
                     },
+                    Touched::Runtime(name) => match g.state.runtime.get(&name) {
+                        Some(r) => batch.put_cf(
+                            sm,
+                            runtime_key(&name),
+                            codec::encode("pipeline runtime", r).map_err(sm_write)?,
+                        ),
+                        None => batch.delete_cf(sm, runtime_key(&name)),
+                    },
                     Touched::Component(id) => match g.state.components.get(&id) {
                         Some(rec) => batch.put_cf(
                             sm,
@@ -360,6 +376,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     sm,
                     placement_key(name),
                     codec::encode("placement", p).map_err(sm_write)?,
+                );
+            }
+            for (name, r) in &state2.runtime {
+                batch.put_cf(
+                    sm,
+                    runtime_key(name),
+                    codec::encode("pipeline runtime", r).map_err(sm_write)?,
                 );
             }
             for (id, rec) in &state2.components {
