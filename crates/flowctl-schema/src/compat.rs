@@ -238,7 +238,9 @@ pub fn check(
     let against = if mode.is_transitive() {
         history
     } else {
-        history.get(history.len().saturating_sub(1)..).unwrap_or_default()
+        history
+            .get(history.len().saturating_sub(1)..)
+            .unwrap_or_default()
     };
     let new_root = candidate.load()?;
     let scope = Scope::for_checks(&new_root);
@@ -278,7 +280,8 @@ pub fn check(
         }
     }
     out.sort_by(|a, b| {
-        (&a.file, a.line, a.column, a.rule, &a.path).cmp(&(&b.file, b.line, b.column, b.rule, &b.path))
+        (&a.file, a.line, a.column, a.rule, &a.path)
+            .cmp(&(&b.file, b.line, b.column, b.rule, &b.path))
     });
     Ok(out)
 }
@@ -438,12 +441,17 @@ impl Checker<'_> {
         for range in old.reserved_ranges() {
             let old_range = (i64::from(range.start), i64::from(range.end));
             if let Some(number) = first_uncovered(old_range, &reserved) {
+                let reuse = u32::try_from(number)
+                    .ok()
+                    .and_then(|number| new.get_field(number))
+                    .map(|field| format!(", and field `{}` now uses it", field.name()))
+                    .unwrap_or_default();
                 self.report(
                     Rule::ReservedNumberNoDelete,
                     (&new_file, new.path()),
                     new.full_name(),
                     format!(
-                        "field number {number} was reserved in {} and no longer is",
+                        "field number {number} was reserved in {} and no longer is{reuse}",
                         relative(new.full_name(), self.package)
                     ),
                 );
@@ -630,7 +638,9 @@ fn map_parts(field: &FieldDescriptor) -> Option<(Kind, Kind)> {
 
 /// The real (not proto3-`optional` synthetic) oneof of a field.
 fn real_oneof(field: &FieldDescriptor) -> Option<OneofDescriptor> {
-    field.containing_oneof().filter(|oneof| !oneof.is_synthetic())
+    field
+        .containing_oneof()
+        .filter(|oneof| !oneof.is_synthetic())
 }
 
 /// Describes a oneof move of a field present in both versions, if there is one.
@@ -660,11 +670,15 @@ fn oneof_change(
                 .filter(|number| old_message.get_field(*number).is_some())
                 .collect();
             (kept_from != kept_to).then(|| {
-                format!(
-                    "moved from oneof `{}` to oneof `{}` with other members",
-                    from.name(),
-                    to.name()
-                )
+                if from.name() == to.name() {
+                    format!("is in oneof `{}` with other members than before", to.name())
+                } else {
+                    format!(
+                        "moved from oneof `{}` to oneof `{}`",
+                        from.name(),
+                        to.name()
+                    )
+                }
             })
         }
     }
@@ -711,8 +725,12 @@ enum Class {
     Varint(i128, i128),
     /// Zigzag varints (`sint32`, `sint64`): the bit width.
     Zigzag(u32),
-    Fixed32 { signed: bool },
-    Fixed64 { signed: bool },
+    Fixed32 {
+        signed: bool,
+    },
+    Fixed64 {
+        signed: bool,
+    },
     Float,
     Double,
     /// Length-delimited: string, bytes, messages.
@@ -796,5 +814,691 @@ fn delimited_verdict(reader: &Kind, writer: &Kind) -> Verdict {
             Verdict::Incompatible("the message types differ".to_owned())
         }
         _ => Verdict::Incompatible("strings and messages are not interchangeable".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subjects;
+    use crate::testing::{compile_files, m, subject};
+    use CompatibilityMode as Mode;
+    use Rule as R;
+
+    /// One row: the live versions (numbered 1.. oldest first), the candidate, the mode, and the
+    /// rules expected to break (sorted; empty means compatible).
+    struct Case {
+        name: &'static str,
+        mode: Mode,
+        history: &'static [&'static str],
+        new: &'static str,
+        expect: &'static [Rule],
+        /// When set, every violation must have been found against this version.
+        against: Option<u32>,
+    }
+
+    const fn case(
+        name: &'static str,
+        mode: Mode,
+        history: &'static [&'static str],
+        new: &'static str,
+        expect: &'static [Rule],
+    ) -> Case {
+        Case {
+            name,
+            mode,
+            history,
+            new,
+            expect,
+            against: None,
+        }
+    }
+
+    const A_INT32: &str = "message M { int32 a = 1; }";
+    const A_INT64: &str = "message M { int64 a = 1; }";
+    const A_B: &str = "message M { int32 a = 1; int32 b = 2; }";
+
+    const CASES: &[Case] = &[
+        // Safe changes pass even FULL.
+        case(
+            "new field",
+            Mode::Full,
+            &[A_INT32],
+            "message M { int32 a = 1; string b = 2; }",
+            &[],
+        ),
+        case(
+            "rename keeping number and type",
+            Mode::Full,
+            &[A_INT32],
+            "message M { int32 renamed = 1; }",
+            &[],
+        ),
+        case(
+            "new enum value",
+            Mode::Full,
+            &["message M { enum E { E_0 = 0; } E e = 1; }"],
+            "message M { enum E { E_0 = 0; E_1 = 1; } E e = 1; }",
+            &[],
+        ),
+        case(
+            "deleted field with reserved number",
+            Mode::Full,
+            &[A_B],
+            "message M { int32 a = 1; reserved 2; }",
+            &[],
+        ),
+        case(
+            "deleted enum value with reserved number",
+            Mode::Full,
+            &["message M { enum E { E_0 = 0; E_1 = 1; } E e = 1; }"],
+            "message M { enum E { E_0 = 0; reserved 1; } E e = 1; }",
+            &[],
+        ),
+        case(
+            "proto3 optional is not a oneof",
+            Mode::Full,
+            &[A_INT32],
+            "message M { optional int32 a = 1; }",
+            &[],
+        ),
+        case(
+            "renamed oneof with the same members",
+            Mode::Full,
+            &["message M { oneof o { int32 a = 1; string b = 2; } }"],
+            "message M { oneof renamed { int32 a = 1; string b = 2; } }",
+            &[],
+        ),
+        case(
+            "new field in an existing oneof",
+            Mode::Full,
+            &["message M { oneof o { int32 a = 1; } }"],
+            "message M { oneof o { int32 a = 1; string b = 2; } }",
+            &[],
+        ),
+        case(
+            "NONE allows anything",
+            Mode::None,
+            &[A_B],
+            "message M { string a = 1; }",
+            &[],
+        ),
+        // Deleting numbers.
+        case(
+            "deleted field, BACKWARD",
+            Mode::Backward,
+            &[A_B],
+            A_INT32,
+            &[R::FieldNoDeleteUnlessNumberReserved],
+        ),
+        case(
+            "deleted field, FORWARD",
+            Mode::Forward,
+            &[A_B],
+            A_INT32,
+            &[R::FieldNoDeleteUnlessNumberReserved],
+        ),
+        case(
+            "deleted field in a nested message",
+            Mode::Backward,
+            &["message M { message N { int32 x = 1; int32 y = 2; } N n = 1; }"],
+            "message M { message N { int32 x = 1; } N n = 1; }",
+            &[R::FieldNoDeleteUnlessNumberReserved],
+        ),
+        case(
+            "deleted enum value",
+            Mode::Backward,
+            &["message M { enum E { E_0 = 0; E_1 = 1; } E e = 1; }"],
+            "message M { enum E { E_0 = 0; } E e = 1; }",
+            &[R::EnumValueNoDeleteUnlessNumberReserved],
+        ),
+        case(
+            "deleted value of an enum nested two levels down",
+            Mode::FullTransitive,
+            &["message M { message N { enum E { E_0 = 0; E_1 = 1; } E e = 1; } N n = 1; }"],
+            "message M { message N { enum E { E_0 = 0; } E e = 1; } N n = 1; }",
+            &[R::EnumValueNoDeleteUnlessNumberReserved],
+        ),
+        case(
+            "dropped field reservation",
+            Mode::Backward,
+            &["message M { int32 a = 1; reserved 2, 5 to 7; }"],
+            "message M { int32 a = 1; reserved 2, 5, 7; }",
+            &[R::ReservedNumberNoDelete],
+        ),
+        case(
+            "reserved number reused",
+            Mode::Forward,
+            &["message M { int32 a = 1; reserved 2; }"],
+            "message M { int32 a = 1; string b = 2; }",
+            &[R::ReservedNumberNoDelete],
+        ),
+        case(
+            "dropped enum reservation",
+            Mode::Full,
+            &["message M { enum E { E_0 = 0; reserved 3 to 4; } E e = 1; }"],
+            "message M { enum E { E_0 = 0; reserved 3; } E e = 1; }",
+            &[R::ReservedNumberNoDelete],
+        ),
+        // Oneofs.
+        case(
+            "moved into a oneof",
+            Mode::Backward,
+            &[A_INT32],
+            "message M { oneof o { int32 a = 1; } }",
+            &[R::FieldSameOneof],
+        ),
+        case(
+            "moved out of a oneof",
+            Mode::Forward,
+            &["message M { oneof o { int32 a = 1; } }"],
+            A_INT32,
+            &[R::FieldSameOneof],
+        ),
+        case(
+            "oneof split in two",
+            Mode::Backward,
+            &["message M { oneof o { int32 a = 1; int32 b = 2; } }"],
+            "message M { oneof o { int32 a = 1; } oneof p { int32 b = 2; } }",
+            &[R::FieldSameOneof, R::FieldSameOneof],
+        ),
+        // Types that cannot read each other, in any mode.
+        case(
+            "int32 to string",
+            Mode::Backward,
+            &[A_INT32],
+            "message M { string a = 1; }",
+            &[R::FieldWireCompatibleType],
+        ),
+        case(
+            "number reused under another name and type",
+            Mode::Forward,
+            &[A_INT32],
+            "message M { string memo = 1; }",
+            &[R::FieldWireCompatibleType],
+        ),
+        case(
+            "int32 to sint32",
+            Mode::Forward,
+            &[A_INT32],
+            "message M { sint32 a = 1; }",
+            &[R::FieldWireCompatibleType],
+        ),
+        case(
+            "float to double",
+            Mode::Backward,
+            &["message M { float a = 1; }"],
+            "message M { double a = 1; }",
+            &[R::FieldWireCompatibleType],
+        ),
+        case(
+            "message type changed",
+            Mode::Backward,
+            &["message A {} message B {} message M { A a = 1; }"],
+            "message A {} message B {} message M { B a = 1; }",
+            &[R::FieldWireCompatibleType],
+        ),
+        case(
+            "enum type changed",
+            Mode::Backward,
+            &["enum E { E_0 = 0; } enum F { F_0 = 0; } message M { E a = 1; }"],
+            "enum E { E_0 = 0; } enum F { F_0 = 0; } message M { F a = 1; }",
+            &[R::FieldWireCompatibleType],
+        ),
+        case(
+            "map value int32 to string",
+            Mode::Backward,
+            &["message M { map<string, int32> a = 1; }"],
+            "message M { map<string, string> a = 1; }",
+            &[R::FieldWireCompatibleType],
+        ),
+        case(
+            "map to repeated",
+            Mode::Backward,
+            &["message M { map<string, int32> a = 1; }"],
+            "message M { repeated string a = 1; }",
+            &[R::FieldWireCompatibleType],
+        ),
+        // Directional: widening and narrowing.
+        case(
+            "int32 to int64, BACKWARD",
+            Mode::Backward,
+            &[A_INT32],
+            A_INT64,
+            &[],
+        ),
+        case(
+            "int32 to int64, FORWARD",
+            Mode::Forward,
+            &[A_INT32],
+            A_INT64,
+            &[R::FieldWireLosslessType],
+        ),
+        case(
+            "int32 to int64, FULL",
+            Mode::Full,
+            &[A_INT32],
+            A_INT64,
+            &[R::FieldWireLosslessType],
+        ),
+        case(
+            "int64 to int32, BACKWARD",
+            Mode::Backward,
+            &[A_INT64],
+            A_INT32,
+            &[R::FieldWireLosslessType],
+        ),
+        case(
+            "int64 to int32, FORWARD",
+            Mode::Forward,
+            &[A_INT64],
+            A_INT32,
+            &[],
+        ),
+        case(
+            "uint32 to int32",
+            Mode::Backward,
+            &["message M { uint32 a = 1; }"],
+            A_INT32,
+            &[R::FieldWireLosslessType],
+        ),
+        case(
+            "bool to int32",
+            Mode::Backward,
+            &["message M { bool a = 1; }"],
+            A_INT32,
+            &[],
+        ),
+        case(
+            "sint32 to sint64, FORWARD",
+            Mode::Forward,
+            &["message M { sint32 a = 1; }"],
+            "message M { sint64 a = 1; }",
+            &[R::FieldWireLosslessType],
+        ),
+        case(
+            "fixed32 to sfixed32",
+            Mode::Backward,
+            &["message M { fixed32 a = 1; }"],
+            "message M { sfixed32 a = 1; }",
+            &[R::FieldWireLosslessType],
+        ),
+        case(
+            "string to bytes, BACKWARD",
+            Mode::Backward,
+            &["message M { string a = 1; }"],
+            "message M { bytes a = 1; }",
+            &[],
+        ),
+        case(
+            "string to bytes, FORWARD",
+            Mode::Forward,
+            &["message M { string a = 1; }"],
+            "message M { bytes a = 1; }",
+            &[R::FieldWireLosslessType],
+        ),
+        case(
+            "message to bytes, BACKWARD",
+            Mode::Backward,
+            &["message A {} message M { A a = 1; }"],
+            "message A {} message M { bytes a = 1; }",
+            &[],
+        ),
+        case(
+            "enum to int32, BACKWARD",
+            Mode::Backward,
+            &["enum E { E_0 = 0; } message M { E a = 1; }"],
+            "enum E { E_0 = 0; } message M { int32 a = 1; }",
+            &[],
+        ),
+        case(
+            "enum to int32, FORWARD",
+            Mode::Forward,
+            &["enum E { E_0 = 0; } message M { E a = 1; }"],
+            "enum E { E_0 = 0; } message M { int32 a = 1; }",
+            &[R::FieldWireLosslessType],
+        ),
+        case(
+            "map value widened, FORWARD",
+            Mode::Forward,
+            &["message M { map<string, int32> a = 1; }"],
+            "message M { map<string, int64> a = 1; }",
+            &[R::FieldWireLosslessType],
+        ),
+        // Directional: cardinality.
+        case(
+            "singular to repeated, BACKWARD",
+            Mode::Backward,
+            &[A_INT32],
+            "message M { repeated int32 a = 1; }",
+            &[],
+        ),
+        case(
+            "singular to repeated, FORWARD",
+            Mode::Forward,
+            &[A_INT32],
+            "message M { repeated int32 a = 1; }",
+            &[R::FieldWireCompatibleCardinality],
+        ),
+        case(
+            "repeated to singular, BACKWARD",
+            Mode::Backward,
+            &["message M { repeated string a = 1; }"],
+            "message M { string a = 1; }",
+            &[R::FieldWireCompatibleCardinality],
+        ),
+        case(
+            "repeated to singular, FULL",
+            Mode::Full,
+            &["message M { repeated string a = 1; }"],
+            "message M { string a = 1; }",
+            &[R::FieldWireCompatibleCardinality],
+        ),
+        case(
+            "int32 to repeated int64, FORWARD",
+            Mode::Forward,
+            &[A_INT32],
+            "message M { repeated int64 a = 1; }",
+            &[R::FieldWireLosslessType, R::FieldWireCompatibleCardinality],
+        ),
+        // Three versions: transitive modes look past the latest.
+        case(
+            "v2 deleted b unreserved, v3 reuses it: BACKWARD sees only v2",
+            Mode::Backward,
+            &[A_B, A_INT32],
+            "message M { int32 a = 1; string b = 2; }",
+            &[],
+        ),
+        Case {
+            name: "v2 deleted b unreserved, v3 reuses it: BACKWARD_TRANSITIVE sees v1",
+            mode: Mode::BackwardTransitive,
+            history: &[A_B, A_INT32],
+            new: "message M { int32 a = 1; string b = 2; }",
+            expect: &[R::FieldWireCompatibleType],
+            against: Some(1),
+        },
+        Case {
+            name: "narrowed in v2, kept in v3: BACKWARD_TRANSITIVE fails against v1",
+            mode: Mode::BackwardTransitive,
+            history: &[A_INT64, A_INT32],
+            new: A_INT32,
+            expect: &[R::FieldWireLosslessType],
+            against: Some(1),
+        },
+        case(
+            "narrowed in v2, kept in v3: BACKWARD is fine",
+            Mode::Backward,
+            &[A_INT64, A_INT32],
+            A_INT32,
+            &[],
+        ),
+        case(
+            "narrowed in v2, kept in v3: FORWARD_TRANSITIVE is fine",
+            Mode::ForwardTransitive,
+            &[A_INT64, A_INT32],
+            A_INT32,
+            &[],
+        ),
+        Case {
+            name: "narrowed in v2, kept in v3: FULL_TRANSITIVE fails against v1",
+            mode: Mode::FullTransitive,
+            history: &[A_INT64, A_INT32],
+            new: A_INT32,
+            expect: &[R::FieldWireLosslessType],
+            against: Some(1),
+        },
+        Case {
+            name: "widened in v3: FORWARD_TRANSITIVE reports once, against the latest",
+            mode: Mode::ForwardTransitive,
+            history: &[A_INT32, A_INT32],
+            new: A_INT64,
+            expect: &[R::FieldWireLosslessType],
+            against: Some(2),
+        },
+        Case {
+            name: "FULL fails against v2 only when v1 is fine",
+            mode: Mode::FullTransitive,
+            history: &[A_INT32, "message M { int32 a = 1; int32 b = 2; }"],
+            new: A_INT32,
+            expect: &[R::FieldNoDeleteUnlessNumberReserved],
+            against: Some(2),
+        },
+        case(
+            "FULL ignores v1",
+            Mode::Full,
+            &["message M { string a = 1; }", A_INT32],
+            A_INT32,
+            &[],
+        ),
+    ];
+
+    #[test]
+    fn compatibility_table() {
+        assert!(CASES.len() >= 30);
+        let mut failures = Vec::new();
+        for case in CASES {
+            let history: Vec<SubjectSchema> = case.history.iter().map(|text| m(text)).collect();
+            let numbered: Vec<(u32, &SubjectSchema)> = (1..).zip(history.iter()).collect();
+            let violations = check(case.mode, &m(case.new), &numbered).unwrap();
+            let mut got: Vec<Rule> = violations.iter().map(|v| v.rule).collect();
+            got.sort();
+            let mut want = case.expect.to_vec();
+            want.sort();
+            if got != want {
+                failures.push(format!(
+                    "{} ({}): expected {want:?}, got:\n    {}",
+                    case.name,
+                    case.mode,
+                    violations
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n    ")
+                ));
+            } else if let Some(version) = case.against {
+                if violations
+                    .iter()
+                    .any(|v| v.against_version != Some(version))
+                {
+                    failures.push(format!(
+                        "{}: expected violations against version {version}, got {violations:?}",
+                        case.name
+                    ));
+                }
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} cases failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+
+    #[test]
+    fn every_rule_and_mode_is_exercised_by_the_table() {
+        for rule in Rule::ALL {
+            if rule == Rule::MessageNoDeleteWhileReferenced {
+                continue; // Cross-subject: see deleted_message_referenced_by_another_subject.
+            }
+            assert!(
+                CASES.iter().any(|c| c.expect.contains(&rule)),
+                "{rule} is never expected"
+            );
+        }
+        for mode in Mode::ALL {
+            assert!(CASES.iter().any(|c| c.mode == mode), "{mode} is never used");
+        }
+    }
+
+    #[test]
+    fn no_history_means_no_violations() {
+        assert!(check(Mode::FullTransitive, &m(A_INT32), &[])
+            .unwrap()
+            .is_empty());
+    }
+
+    const LINES_V1: &str = "syntax = \"proto3\";
+package t;
+
+message M {
+  int32 a = 1;
+  int32 b = 2;
+  enum E {
+    E_0 = 0;
+    E_1 = 1;
+  }
+}
+";
+
+    const LINES_V2: &str = "syntax = \"proto3\";
+package t;
+
+// A comment that moves everything down a line.
+message M {
+  string a = 1;
+  enum E {
+    E_0 = 0;
+  }
+}
+";
+
+    #[test]
+    fn violations_point_at_the_candidates_lines() {
+        let old = subject(LINES_V1, "t.M");
+        let new = subject(LINES_V2, "t.M");
+        let violations = check(Mode::Backward, &new, &[(4, &old)]).unwrap();
+        let summary: Vec<(Rule, u32, u32, &str)> = violations
+            .iter()
+            .map(|v| (v.rule, v.line, v.column, v.path.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                // Deleted field: the message that lost it.
+                (R::FieldNoDeleteUnlessNumberReserved, 5, 1, "M.b"),
+                // Changed field: the field itself.
+                (R::FieldWireCompatibleType, 6, 3, "M.a"),
+                // Deleted enum value: the enum.
+                (R::EnumValueNoDeleteUnlessNumberReserved, 7, 3, "M.E.E_1"),
+            ]
+        );
+        assert!(violations
+            .iter()
+            .all(|v| v.file == "t.proto" && v.subject == "t.M"));
+        assert!(violations.iter().all(|v| v.against_version == Some(4)));
+        assert_eq!(
+            violations[1].to_string(),
+            "t.proto:6:3: FIELD_WIRE_COMPATIBLE_TYPE: field 1 `a` changed type from int32 to string: \
+             the wire encodings differ (against version 4)"
+        );
+        assert!(
+            violations[0].message.contains("reserved 2;"),
+            "{}",
+            violations[0].message
+        );
+    }
+
+    #[test]
+    fn referenced_types_of_other_packages_are_checked() {
+        let common_v1 = "syntax = \"proto3\"; package common; message Money { string amount = 1; string unit = 2; }";
+        let common_v2 = "syntax = \"proto3\"; package common; message Money { string amount = 1; }";
+        let user = "syntax = \"proto3\"; package t; import \"common.proto\"; message M { common.Money price = 1; }";
+        let load = |common: &str| {
+            let compiled = compile_files(&[("common.proto", common), ("t.proto", user)]).unwrap();
+            subjects(&compiled, "t").unwrap().remove(0)
+        };
+        let violations = check(Mode::Backward, &load(common_v2), &[(1, &load(common_v1))]).unwrap();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].rule, R::FieldNoDeleteUnlessNumberReserved);
+        assert_eq!(violations[0].file, "common.proto");
+        assert_eq!(violations[0].path, "common.Money.unit");
+    }
+
+    #[test]
+    fn other_subjects_of_the_same_package_are_left_to_their_own_check() {
+        let v1 = m("message Other { int32 x = 1; int32 y = 2; } message M { Other o = 1; }");
+        let v2 = m("message Other { int32 x = 1; } message M { Other o = 1; }");
+        assert!(check(Mode::Full, &v2, &[(1, &v1)]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn deleted_message_referenced_by_another_subject() {
+        let p_v1 = "syntax = \"proto3\";\npackage p;\nmessage A { int32 x = 1; }\nmessage B { int32 y = 1; }\n";
+        let p_v2 = "syntax = \"proto3\";\npackage p;\nmessage A { int32 x = 1; }\n";
+        let q = "syntax = \"proto3\";\npackage q;\nimport \"p.proto\";\n\nmessage Q {\n  p.A a = 1;\n  p.B b = 2;\n}\n";
+        let before = compile_files(&[("p.proto", p_v1), ("q.proto", q)]).unwrap();
+        let previous = subjects(&before, "p").unwrap();
+        let others = subjects(&before, "q").unwrap();
+        let current = subjects(&compile_files(&[("p.proto", p_v2)]).unwrap(), "p").unwrap();
+
+        let violations = check_deleted_references(&previous, &current, &others).unwrap();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        let violation = &violations[0];
+        assert_eq!(violation.rule, R::MessageNoDeleteWhileReferenced);
+        assert_eq!(violation.subject, "p.B");
+        assert_eq!(
+            (violation.file.as_str(), violation.line, violation.column),
+            ("q.proto", 7, 3)
+        );
+        assert_eq!(violation.path, "q.Q.b");
+        assert!(
+            violation.message.contains("subject q.Q"),
+            "{}",
+            violation.message
+        );
+
+        // Nothing references A's deletion would be fine too; deleting nothing is always fine.
+        assert!(check_deleted_references(&previous, &previous, &others)
+            .unwrap()
+            .is_empty());
+        let unreferenced = subjects(&compile_files(&[("p.proto", p_v1)]).unwrap(), "p").unwrap();
+        assert!(check_deleted_references(&unreferenced, &current, &[])
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn modes_parse_print_and_serialize_as_screaming_names() {
+        assert_eq!(Mode::default(), Mode::Backward);
+        for mode in Mode::ALL {
+            assert_eq!(mode.to_string().parse::<Mode>().unwrap(), mode);
+            assert_eq!(
+                serde_json::to_value(mode).unwrap(),
+                serde_json::json!(mode.as_str())
+            );
+        }
+        assert_eq!(
+            "full-transitive".parse::<Mode>().unwrap(),
+            Mode::FullTransitive
+        );
+        assert_eq!(
+            serde_json::from_str::<Mode>("\"BACKWARD_TRANSITIVE\"").unwrap(),
+            Mode::BackwardTransitive
+        );
+        let err = "SIDEWAYS".parse::<Mode>().unwrap_err();
+        assert!(err.to_string().contains("SIDEWAYS"));
+    }
+
+    #[test]
+    fn rule_codes_are_stable() {
+        for rule in Rule::ALL {
+            assert_eq!(
+                serde_json::to_value(rule).unwrap(),
+                serde_json::json!(rule.code())
+            );
+        }
+        assert_eq!(
+            Rule::FieldNoDeleteUnlessNumberReserved.to_string(),
+            "FIELD_NO_DELETE_UNLESS_NUMBER_RESERVED"
+        );
+    }
+
+    #[test]
+    fn reserved_range_coverage() {
+        assert_eq!(first_uncovered((5, 8), &[(5, 6), (7, 8)]), Some(6));
+        assert_eq!(first_uncovered((5, 8), &[(7, 9), (4, 7)]), None);
+        assert_eq!(first_uncovered((5, 8), &[]), Some(5));
+        assert!(covers(&[(2, 3)], 2) && !covers(&[(2, 3)], 3));
     }
 }

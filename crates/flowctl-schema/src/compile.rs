@@ -31,19 +31,23 @@ impl Compiled {
     /// This is how a server turns a push back into subjects without a compiler.
     pub fn from_parts(encoded: Vec<u8>, sources: BTreeMap<String, String>) -> Result<Self, Error> {
         let source_bytes: usize = sources.values().map(String::len).sum();
-        check_len("the pushed descriptor set and sources", encoded.len() + source_bytes)?;
+        check_len(
+            "the pushed descriptor set and sources",
+            encoded.len() + source_bytes,
+        )?;
         let what = "push".to_owned();
         let descriptor_set =
             FileDescriptorSet::decode(encoded.as_slice()).map_err(|source| Error::Decode {
                 what: what.clone(),
                 source,
             })?;
-        let pool = DescriptorPool::from_file_descriptor_set(descriptor_set.clone()).map_err(
-            |err| Error::Descriptor {
-                what,
-                message: err.to_string(),
-            },
-        )?;
+        let pool =
+            DescriptorPool::from_file_descriptor_set(descriptor_set.clone()).map_err(|err| {
+                Error::Descriptor {
+                    what,
+                    message: err.to_string(),
+                }
+            })?;
         let inputs = descriptor_set
             .file
             .iter()
@@ -220,4 +224,148 @@ fn quoted_after(text: &str, prefix: &str) -> Option<String> {
 
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::compile_files;
+
+    #[test]
+    fn syntax_error_names_file_line_and_column() {
+        let text = "syntax = \"proto3\";\npackage t;\n\nmessage M {\n  int32 a = ;\n}\n";
+        let err = compile_files(&[("broken.proto", text)]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Syntax {
+                    line: 5,
+                    column: 13,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let rendered = err.to_string();
+        assert!(rendered.starts_with("broken.proto:5:13: "), "{rendered}");
+        assert!(!rendered.contains('\n'), "{rendered}");
+    }
+
+    #[test]
+    fn missing_import_is_named_with_its_importer() {
+        let text =
+            "syntax = \"proto3\";\npackage t;\nimport \"nowhere/missing.proto\";\nmessage M {}\n";
+        let err = compile_files(&[("t.proto", text)]).unwrap_err();
+        match &err {
+            Error::ImportNotFound {
+                file, line, import, ..
+            } => {
+                assert_eq!(
+                    (file.as_str(), *line, import.as_str()),
+                    ("t.proto", 3, "nowhere/missing.proto")
+                );
+            }
+            other => panic!("expected ImportNotFound, got {other:?}"),
+        }
+        assert_eq!(
+            err.to_string(),
+            "t.proto:3:1: import 'nowhere/missing.proto' not found"
+        );
+    }
+
+    #[test]
+    fn unknown_type_is_invalid_with_a_position() {
+        let text = "syntax = \"proto3\";\npackage t;\nmessage M {\n  Nope n = 1;\n}\n";
+        let err = compile_files(&[("t.proto", text)]).unwrap_err();
+        assert!(matches!(err, Error::Invalid { line: 4, .. }), "{err:?}");
+        assert!(err.to_string().starts_with("t.proto:4:"), "{err}");
+    }
+
+    #[test]
+    fn well_known_types_are_built_in() {
+        let text = "syntax = \"proto3\";\npackage t;\nimport \"google/protobuf/timestamp.proto\";\nmessage M { google.protobuf.Timestamp at = 1; }\n";
+        let compiled = compile_files(&[("t.proto", text)]).unwrap();
+        assert_eq!(compiled.inputs(), ["t.proto"]);
+        assert_eq!(compiled.sources().keys().collect::<Vec<_>>(), ["t.proto"]);
+        let names: Vec<&str> = compiled
+            .descriptor_set()
+            .file
+            .iter()
+            .map(|f| f.name())
+            .collect();
+        assert_eq!(names, ["google/protobuf/timestamp.proto", "t.proto"]);
+    }
+
+    #[test]
+    fn without_include_dirs_each_files_directory_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("nested")).unwrap();
+        let path = dir.path().join("nested/x.proto");
+        std::fs::write(&path, "syntax = \"proto3\"; package x; message X {}").unwrap();
+        let compiled = compile(&[path], &[]).unwrap();
+        assert_eq!(compiled.inputs(), ["x.proto"]);
+    }
+
+    #[test]
+    fn file_outside_the_include_dirs_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.proto");
+        std::fs::write(&path, "syntax = \"proto3\"; package x; message X {}").unwrap();
+        let err = compile(std::slice::from_ref(&path), &[other.path().to_path_buf()]).unwrap_err();
+        assert!(
+            matches!(&err, Error::NotIncluded { path: p } if *p == path),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn missing_input_file_is_a_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = compile(&[dir.path().join("absent.proto")], &[]).unwrap_err();
+        assert!(matches!(err, Error::Read { .. }), "{err:?}");
+        assert!(err.to_string().contains("absent.proto"));
+    }
+
+    #[test]
+    fn oversize_input_is_rejected_before_parsing() {
+        let mut text = String::from("syntax = \"proto3\";\npackage t;\n");
+        while text.len() <= MAX_SCHEMA_BYTES {
+            text.push_str("// padding padding padding padding padding padding padding padding\n");
+        }
+        text.push_str("message M {}\n");
+        let err = compile_files(&[("big.proto", &text)]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    limit: MAX_SCHEMA_BYTES,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("big.proto"), "{err}");
+    }
+
+    #[test]
+    fn from_parts_rebuilds_what_the_client_compiled() {
+        let text = "syntax = \"proto3\";\npackage t;\nimport \"google/protobuf/timestamp.proto\";\nmessage M { google.protobuf.Timestamp at = 1; }\n";
+        let compiled = compile_files(&[("t.proto", text)]).unwrap();
+        let rebuilt =
+            Compiled::from_parts(compiled.encoded().to_vec(), compiled.sources().clone()).unwrap();
+        assert_eq!(rebuilt.inputs(), ["t.proto"]);
+        assert_eq!(
+            crate::subjects(&rebuilt, "t").unwrap(),
+            crate::subjects(&compiled, "t").unwrap()
+        );
+    }
+
+    #[test]
+    fn from_parts_rejects_garbage_and_oversize() {
+        let err = Compiled::from_parts(vec![0xff, 0xff, 0xff], BTreeMap::new()).unwrap_err();
+        assert!(matches!(err, Error::Decode { .. }), "{err:?}");
+        let err = Compiled::from_parts(vec![0; MAX_SCHEMA_BYTES + 1], BTreeMap::new()).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    }
 }

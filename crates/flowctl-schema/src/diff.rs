@@ -142,7 +142,11 @@ impl Differ<'_> {
             self.push(
                 ChangeKind::Changed,
                 new.full_name(),
-                format!("field {number} renamed from `{}` to `{}`", old.name(), new.name()),
+                format!(
+                    "field {number} renamed from `{}` to `{}`",
+                    old.name(),
+                    new.name()
+                ),
             );
         }
         let (before, after) = (field_text(old), field_text(new));
@@ -239,4 +243,83 @@ fn ranges_text(ranges: impl Iterator<Item = (i64, i64)>) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::m;
+
+    #[test]
+    fn equivalent_schemas_have_no_changes() {
+        let schema = m("message M { int32 a = 1; }");
+        assert!(
+            diff(&schema, &m("// comment\nmessage M {\n  int32 a = 1;\n}"))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(diff(&schema, &schema).unwrap().is_empty());
+    }
+
+    #[test]
+    fn lists_field_enum_and_message_changes() {
+        let old = m("message M {
+            int32 a = 1;
+            int32 gone = 2;
+            repeated string tags = 3;
+            int32 old_name = 4;
+            reserved 9;
+            message Old {}
+            enum E { E_0 = 0; E_1 = 1; E_2 = 2; }
+        }");
+        let new = m("message M {
+            int64 a = 1;
+            string tags = 3;
+            int32 new_name = 4;
+            optional string memo = 5;
+            reserved 2, 9;
+            message Fresh {}
+            enum E { E_0 = 0; E_ONE = 1; E_3 = 3; }
+        }");
+        let lines: Vec<String> = diff(&old, &new)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "~ M.a: field 1 changed from int32 a to int64 a",
+                "- M.gone: field 2 int32 gone",
+                "~ M.tags: field 3 changed from repeated string tags to string tags",
+                "~ M.new_name: field 4 renamed from `old_name` to `new_name`",
+                "~ M.new_name: field 4 changed from int32 old_name to int32 new_name",
+                "+ M.memo: field 5 optional string memo",
+                "~ M: reserved numbers changed from [9] to [2, 9]",
+                "+ M.Fresh: message",
+                "- M.Old: message",
+                "~ M.E.E_ONE: enum value 1 renamed from `E_1` to `E_ONE`",
+                "- M.E.E_2: enum value 2",
+                "+ M.E.E_3: enum value 3",
+            ]
+        );
+    }
+
+    #[test]
+    fn maps_and_oneofs_are_shown_as_written() {
+        let old = m("message M { map<string, int32> counts = 1; int32 x = 2; }");
+        let new = m("message M { map<string, int64> counts = 1; oneof choice { int32 x = 2; } }");
+        let lines: Vec<String> = diff(&old, &new)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "~ M.counts: field 1 changed from map<string, int32> counts to map<string, int64> counts",
+                "~ M.x: field 2 changed from int32 x to int32 x in oneof choice",
+            ]
+        );
+    }
 }

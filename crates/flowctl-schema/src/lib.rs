@@ -68,3 +68,6 @@ pub use subject::{check_size, descriptor_json, fingerprint, subjects, SubjectSch
 /// source text. Real schemas are a few KiB; this bounds what one push can make the
 /// replicated log carry.
 pub const MAX_SCHEMA_BYTES: usize = 1024 * 1024;
+
+#[cfg(test)]
+mod testing;

@@ -219,12 +219,13 @@ fn syntax(file: &FileDescriptor) -> String {
 /// `schemas get -o json`. Source locations are left out: they are offsets into the source
 /// text, which `-o proto` shows better.
 pub fn descriptor_json(schema: &SubjectSchema) -> Result<serde_json::Value, Error> {
-    let mut set = FileDescriptorSet::decode(schema.descriptor_set.as_slice()).map_err(|source| {
-        Error::Decode {
-            what: schema.subject.clone(),
-            source,
-        }
-    })?;
+    let mut set =
+        FileDescriptorSet::decode(schema.descriptor_set.as_slice()).map_err(|source| {
+            Error::Decode {
+                what: schema.subject.clone(),
+                source,
+            }
+        })?;
     for file in &mut set.file {
         file.source_code_info = None;
     }
@@ -313,7 +314,11 @@ pub(crate) fn type_text(field: &FieldDescriptor) -> String {
         if let Kind::Message(entry) = field.kind() {
             let key = entry.map_entry_key_field();
             let value = entry.map_entry_value_field();
-            return format!("map<{}, {}>", kind_text(&key.kind()), kind_text(&value.kind()));
+            return format!(
+                "map<{}, {}>",
+                kind_text(&key.kind()),
+                kind_text(&value.kind())
+            );
         }
     }
     let kind = kind_text(&field.kind());
@@ -363,5 +368,219 @@ mod base64_bytes {
     ) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(deserializer)?;
         STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{compile_files, examples_dir, m, subject};
+    use crate::{compile, MAX_SCHEMA_BYTES};
+
+    #[test]
+    fn one_subject_per_top_level_message_with_nested_types_inside() {
+        let text = "syntax = \"proto3\";\npackage t;\nmessage A { message Inner {} Inner i = 1; }\nmessage B {}\nenum Loose { LOOSE_0 = 0; }\n";
+        let compiled = compile_files(&[("t.proto", text)]).unwrap();
+        let found = subjects(&compiled, "t").unwrap();
+        let names: Vec<&str> = found.iter().map(|s| s.subject.as_str()).collect();
+        assert_eq!(names, ["t.A", "t.B"]);
+        assert!(found
+            .iter()
+            .all(|s| s.package == "t" && s.file == "t.proto" && s.source == text));
+    }
+
+    #[test]
+    fn unknown_package_lists_the_packages_found() {
+        let compiled =
+            compile_files(&[("t.proto", "syntax = \"proto3\"; package t; message M {}")]).unwrap();
+        let err = subjects(&compiled, "nope").unwrap_err();
+        assert!(
+            matches!(&err, Error::UnknownPackage { found, .. } if found == &["t"]),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "package 'nope' is not declared by any compiled file (found: t)"
+        );
+    }
+
+    #[test]
+    fn package_without_messages_is_an_error() {
+        let text = "syntax = \"proto3\"; package t; enum E { E_0 = 0; }";
+        let compiled = compile_files(&[("t.proto", text)]).unwrap();
+        let err = subjects(&compiled, "t").unwrap_err();
+        assert!(matches!(err, Error::NoMessages { .. }), "{err:?}");
+        assert_eq!(err.to_string(), "package 't' defines no messages");
+    }
+
+    #[test]
+    fn subject_schemas_are_self_contained_and_round_trip_through_json() {
+        let text = "syntax = \"proto3\";\npackage t;\nimport \"google/protobuf/timestamp.proto\";\nmessage M { google.protobuf.Timestamp at = 1; }\n";
+        let schema = subject(text, "t.M");
+        let json = serde_json::to_string(&schema).unwrap();
+        assert!(
+            json.contains("\"descriptor_set\":\""),
+            "bytes are base64: {json}"
+        );
+        let back: SubjectSchema = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, schema);
+        let message = back.load().unwrap();
+        assert_eq!(message.full_name(), "t.M");
+        // The well-known dependency is inside, without source info; the defining file keeps it.
+        let set = FileDescriptorSet::decode(back.descriptor_set.as_slice()).unwrap();
+        assert_eq!(set.file.len(), 2);
+        assert!(set.file[0].source_code_info.is_none());
+        assert!(set.file[1].source_code_info.is_some());
+    }
+
+    #[test]
+    fn load_rejects_a_subject_its_descriptors_do_not_define() {
+        let mut schema = m("message M {}");
+        schema.subject = "t.Other".to_owned();
+        assert!(matches!(schema.load(), Err(Error::MissingMessage { .. })));
+        schema.descriptor_set = vec![0xff];
+        assert!(matches!(schema.load(), Err(Error::Decode { .. })));
+    }
+
+    #[test]
+    fn same_text_twice_gives_the_same_fingerprint() {
+        let body = "message M { int32 a = 1; string b = 2; }";
+        let first = fingerprint(&m(body)).unwrap();
+        assert_eq!(first.len(), 64);
+        assert!(first.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(fingerprint(&m(body)).unwrap(), first);
+    }
+
+    #[test]
+    fn comments_whitespace_and_order_do_not_change_the_fingerprint() {
+        let plain =
+            m("message M { int32 a = 1; string b = 2; enum E { E_0 = 0; E_1 = 1; E_2 = 2; } }");
+        let edited = m("// A comment.\n\n/* Another. */\nmessage M {\n  enum E {\n    E_0 = 0;\n    E_2 = 2;\n    E_1 = 1;\n  }\n  string b = 2;   // trailing\n\n  int32 a = 1;\n}\n");
+        assert_eq!(fingerprint(&plain).unwrap(), fingerprint(&edited).unwrap());
+    }
+
+    #[test]
+    fn schema_changes_change_the_fingerprint() {
+        let base = fingerprint(&m("message M { int32 a = 1; }")).unwrap();
+        for changed in [
+            "message M { int64 a = 1; }",
+            "message M { int32 renamed = 1; }",
+            "message M { int32 a = 2; }",
+            "message M { repeated int32 a = 1; }",
+            "message M { int32 a = 1; reserved 2; }",
+            "message M { int32 a = 1; message N {} }",
+            "message M { oneof o { int32 a = 1; } }",
+        ] {
+            assert_ne!(fingerprint(&m(changed)).unwrap(), base, "{changed}");
+        }
+    }
+
+    #[test]
+    fn a_referenced_type_is_part_of_the_fingerprint() {
+        let before = m("message Other { int32 x = 1; } message M { Other o = 1; }");
+        let after = m("message Other { int32 x = 1; string y = 2; } message M { Other o = 1; }");
+        let unrelated = m("message Other { int32 x = 1; } message M { Other o = 1; } message Z {}");
+        assert_ne!(fingerprint(&before).unwrap(), fingerprint(&after).unwrap());
+        assert_eq!(
+            fingerprint(&before).unwrap(),
+            fingerprint(&unrelated).unwrap()
+        );
+    }
+
+    #[test]
+    fn oversize_subject_is_rejected() {
+        let mut schema = m("message M {}");
+        assert!(check_size(&schema).is_ok());
+        schema.source = "x".repeat(MAX_SCHEMA_BYTES);
+        let err = check_size(&schema).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+        assert!(err.to_string().contains("schema 't.M'"), "{err}");
+    }
+
+    #[test]
+    fn descriptor_json_renders_the_descriptor_set() {
+        let schema = m("message M { int32 amount = 1; }");
+        let json = descriptor_json(&schema).unwrap();
+        let file = &json["file"][0];
+        assert_eq!(file["name"], "t.proto");
+        assert_eq!(file["messageType"][0]["name"], "M");
+        assert_eq!(file["messageType"][0]["field"][0]["name"], "amount");
+        assert_eq!(file["messageType"][0]["field"][0]["type"], "TYPE_INT32");
+        assert!(file.get("sourceCodeInfo").is_none());
+    }
+
+    #[test]
+    fn example_protos_compile_into_the_documented_subjects() {
+        let dir = examples_dir();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
+            .collect();
+        files.sort();
+        assert_eq!(
+            files.len(),
+            2,
+            "every example proto is covered here: {files:?}"
+        );
+
+        let expected: [(&str, &[&str]); 2] = [
+            (
+                "raw_ledger_service",
+                &[
+                    "raw_ledger_service.RawLedgerChunk",
+                    "raw_ledger_service.StreamRawLedgersRequest",
+                ],
+            ),
+            (
+                "token_transfer",
+                &[
+                    "token_transfer.TokenTransferEvent",
+                    "token_transfer.EventMeta",
+                    "token_transfer.Asset",
+                    "token_transfer.Transfer",
+                    "token_transfer.Mint",
+                    "token_transfer.Burn",
+                    "token_transfer.Clawback",
+                    "token_transfer.Fee",
+                ],
+            ),
+        ];
+        let compiled = compile(&files, &[]).unwrap();
+        for (package, names) in expected {
+            let found = subjects(&compiled, package).unwrap();
+            let found_names: Vec<&str> = found.iter().map(|s| s.subject.as_str()).collect();
+            assert_eq!(found_names, names);
+            // The header comment of each file lists exactly its subjects.
+            let source = &found[0].source;
+            for name in names {
+                assert!(
+                    source.contains(&format!("//   {name}")),
+                    "{name} not listed in {package}'s header"
+                );
+            }
+            for schema in &found {
+                fingerprint(schema).unwrap();
+                descriptor_json(schema).unwrap();
+            }
+        }
+
+        let event = subjects(&compiled, "token_transfer")
+            .unwrap()
+            .into_iter()
+            .find(|s| s.subject == "token_transfer.TokenTransferEvent")
+            .unwrap();
+        let message = event.load().unwrap();
+        let oneof = message.oneofs().next().unwrap();
+        let members: Vec<String> = oneof.fields().map(|f| f.name().to_owned()).collect();
+        assert_eq!(
+            (oneof.name(), members.as_slice()),
+            (
+                "event",
+                ["transfer", "mint", "burn", "clawback", "fee"]
+                    .map(String::from)
+                    .as_slice()
+            )
+        );
     }
 }
