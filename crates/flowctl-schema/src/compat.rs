@@ -110,13 +110,8 @@ impl fmt::Display for CompatibilityMode {
     }
 }
 
-/// The input named no compatibility mode.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown compatibility mode '{0}' (expected one of NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE)")]
-pub struct UnknownMode(pub String);
-
 impl FromStr for CompatibilityMode {
-    type Err = UnknownMode;
+    type Err = Error;
 
     /// Accepts the SCREAMING names in any case, with `-` for `_` (`backward-transitive`).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
@@ -124,7 +119,9 @@ impl FromStr for CompatibilityMode {
         CompatibilityMode::ALL
             .into_iter()
             .find(|mode| mode.as_str() == wanted)
-            .ok_or_else(|| UnknownMode(text.to_owned()))
+            .ok_or_else(|| Error::UnknownMode {
+                text: text.to_owned(),
+            })
     }
 }
 

@@ -94,12 +94,19 @@ impl Compiled {
 ///
 /// With no include directory, the directory of each file is used, so `compile(&["a/x.proto"], &[])`
 /// gives `x.proto` the proto path `x.proto`. Every input file is rejected before parsing if it
-/// is larger than [`MAX_SCHEMA_BYTES`].
+/// is larger than [`MAX_SCHEMA_BYTES`]. Like `protoc`, a relative input that does not exist
+/// as given is looked up in the include directories (`push x.proto -I protos`).
 pub fn compile(files: &[PathBuf], include_dirs: &[PathBuf]) -> Result<Compiled, Error> {
     for file in files {
-        let meta = std::fs::metadata(file).map_err(|source| Error::Read {
-            path: file.clone(),
-            source,
+        let meta = std::fs::metadata(file).or_else(|err| {
+            include_dirs
+                .iter()
+                .filter(|_| file.is_relative())
+                .find_map(|dir| std::fs::metadata(dir.join(file)).ok())
+                .ok_or(Error::Read {
+                    path: file.clone(),
+                    source: err,
+                })
         })?;
         let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
         check_len(&format!("'{}'", file.display()), len)?;
@@ -317,6 +324,18 @@ mod tests {
             matches!(&err, Error::NotIncluded { path: p } if *p == path),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn relative_input_is_found_in_the_include_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("x.proto"),
+            "syntax = \"proto3\"; package x; message X {}",
+        )
+        .unwrap();
+        let compiled = compile(&[PathBuf::from("x.proto")], &[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(compiled.inputs(), ["x.proto"]);
     }
 
     #[test]

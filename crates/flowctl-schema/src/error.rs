@@ -72,6 +72,9 @@ pub enum Error {
     /// A descriptor set decodes but its files do not link (missing dependency, bad reference).
     #[error("the descriptor set of '{what}' is not self-contained: {message}")]
     Descriptor { what: String, message: String },
+    /// A compatibility mode name that is none of Confluent's.
+    #[error("unknown compatibility mode '{text}' (expected one of NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE)")]
+    UnknownMode { text: String },
     /// A schema's descriptor set does not define the message its subject names.
     #[error("the descriptor set of subject '{subject}' does not define that message")]
     MissingMessage { subject: String },

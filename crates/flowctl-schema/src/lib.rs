@@ -4,7 +4,7 @@
 //!
 //! This crate is pure: it reads the files it is asked to compile and does nothing else. It
 //! does not store schemas, assign version numbers or global ids, or know about Raft; the
-//! registry state machine (`flowctl-state`) does that with what this crate returns.
+//! registry's state machine does that with what this crate returns.
 //!
 //! ```text
 //!  client (flowctl schemas push)              server (registry)
@@ -56,9 +56,7 @@ mod diff;
 mod error;
 mod subject;
 
-pub use compat::{
-    check, check_deleted_references, CompatibilityMode, Rule, UnknownMode, Violation,
-};
+pub use compat::{check, check_deleted_references, CompatibilityMode, Rule, Violation};
 pub use compile::{compile, Compiled};
 pub use diff::{diff, Change, ChangeKind};
 pub use error::Error;
