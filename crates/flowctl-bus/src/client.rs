@@ -411,14 +411,27 @@ impl Consumer {
         if next_offsets.is_empty() {
             return Ok(());
         }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, p), o) in next_offsets {
-            tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
-                .map_err(|source| Error::Consume { source })?;
-        }
         self.inner
-            .commit(&tpl, CommitMode::Async)
+            .commit(&offset_list(next_offsets)?, CommitMode::Async)
             .map_err(|source| Error::Consume { source })
+    }
+
+    /// Like [`commit`](Self::commit), but waits until the broker has stored the offsets (for
+    /// shutdown).
+    pub async fn commit_sync(
+        &self,
+        next_offsets: &BTreeMap<(String, i32), i64>,
+    ) -> Result<(), Error> {
+        if next_offsets.is_empty() {
+            return Ok(());
+        }
+        let tpl = offset_list(next_offsets)?;
+        let c = self.inner.clone();
+        blocking(move || {
+            c.commit(&tpl, CommitMode::Sync)
+                .map_err(|source| Error::Consume { source })
+        })
+        .await
     }
 
     /// The low and high watermarks of one partition (the high one is the next offset to be
@@ -499,6 +512,15 @@ impl Drop for RecordReceiver {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+fn offset_list(next_offsets: &BTreeMap<(String, i32), i64>) -> Result<TopicPartitionList, Error> {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, p), o) in next_offsets {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+            .map_err(|source| Error::Consume { source })?;
+    }
+    Ok(tpl)
 }
 
 /// Waits until `topic` has partitions in the metadata; returns how many.

@@ -8,6 +8,8 @@
 //! - [`Producer`] and [`Consumer`]: an idempotent `acks=all` producer, and a consumer that
 //!   `assign`s every partition of its topics from the beginning, from given offsets or from a
 //!   group's committed offsets, optionally feeding a bounded channel.
+//! - [`BusEnv`]: the data-plane environment the supervisor gives a component (`KAFKA_BROKERS`,
+//!   `INPUT_TOPICS`, `OUTPUT_TOPIC`, `FLOWCTL_PIPELINE`, `DLQ_TOPIC`, ...).
 //! - [`EmbeddedBroker`]: librdkafka's in-process mock cluster, so one process (such as
 //!   `flowctl dev up`, or a test) can host a Kafka-protocol broker on a local ephemeral port.
 //!
@@ -25,6 +27,7 @@ mod admin;
 mod client;
 mod dlq;
 mod embedded;
+pub mod env;
 mod envelope;
 pub mod topics;
 
@@ -38,6 +41,7 @@ pub use dlq::{
     HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC, MAX_ERROR_LEN,
 };
 pub use embedded::{EmbeddedBroker, EMBEDDED_DEFAULT_PARTITIONS};
+pub use env::BusEnv;
 pub use envelope::{
     ledger_key, parse_ledger_key, Envelope, Headers, HEADER_EVENT_TYPE, HEADER_SCHEMA_ID,
 };

@@ -1,0 +1,49 @@
+//! `stellar-live-source-datalake`: see the library docs for what it does and its environment.
+
+use anyhow::Context as _;
+use flowctl_agent::{Agent, AgentConfig, CancellationToken, HealthStatus};
+use stellar_live_source_datalake::{description, run_source, SourceConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let agent_config = AgentConfig::from_env().context("while reading the flowctl environment")?;
+    let config = SourceConfig::from_vars(|k| std::env::var(k).ok())?;
+    let cancel = CancellationToken::new();
+    let agent = Agent::start(agent_config, description(), cancel.clone())
+        .await
+        .context("while starting the flowctl agent")?;
+
+    let shutdown = {
+        let cancel = cancel.clone();
+        async move {
+            flowctl_agent::shutdown_signal().await;
+            cancel.cancel();
+        }
+    };
+    tokio::pin!(shutdown);
+    agent.set_health(HealthStatus::Healthy);
+    let result = tokio::select! {
+        () = &mut shutdown => Ok(None),
+        r = run_source(&config, &agent, &cancel) => r.map(Some),
+    };
+    match result {
+        Ok(Some(report)) => {
+            tracing::info!(?report, "ledger range done; idle until stopped");
+            shutdown.await;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            agent.set_health(HealthStatus::Unhealthy);
+            tracing::error!(error = format!("{e:#}"), "source failed");
+            agent.shutdown().await;
+            return Err(e);
+        }
+    }
+    agent.shutdown().await;
+    Ok(())
+}
