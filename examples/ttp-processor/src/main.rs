@@ -1,0 +1,36 @@
+//! `ttp-processor`: see the library docs for what it does and its environment.
+
+use anyhow::Context as _;
+use flowctl_agent::{Agent, AgentConfig, CancellationToken, HealthStatus};
+use ttp_processor::{description, run_processor, ProcessorConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let agent_config = AgentConfig::from_env().context("while reading the flowctl environment")?;
+    let config = ProcessorConfig::from_vars(|k| std::env::var(k).ok())?;
+    let cancel = CancellationToken::new();
+    let agent = Agent::start(agent_config, description(), cancel.child_token())
+        .await
+        .context("while starting the flowctl agent")?;
+    let signal = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            flowctl_agent::shutdown_signal().await;
+            cancel.cancel();
+        })
+    };
+    agent.set_health(HealthStatus::Healthy);
+    let result = run_processor(&config, &agent, &cancel).await;
+    if let Err(e) = &result {
+        agent.set_health(HealthStatus::Unhealthy);
+        tracing::error!(error = format!("{e:#}"), "processor failed");
+    }
+    signal.abort();
+    agent.shutdown().await;
+    result
+}
