@@ -502,6 +502,11 @@ impl RecordReceiver {
         self.rx.recv().await
     }
 
+    /// The next record if one is waiting, without waiting for one.
+    pub fn try_recv(&mut self) -> Option<Record> {
+        self.rx.try_recv().ok()
+    }
+
     /// The consumer, for commits and watermarks.
     pub fn consumer(&self) -> &Consumer {
         &self.consumer
