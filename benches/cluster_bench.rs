@@ -363,6 +363,8 @@ async fn flowctl_apply(ch: Channel, name: String) -> anyhow::Result<()> {
         yaml: document(&name),
         file_name: String::new(),
         dry_run: false,
+        // The documents declare no event types, so there is nothing to look up.
+        allow_unregistered_types: false,
     };
     let resp = PipelineServiceClient::new(ch)
         .apply_pipeline(req)

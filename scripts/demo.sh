@@ -41,6 +41,8 @@ done
 
 echo "== cluster"
 "$bin" cluster status
+echo "== register the example schemas (examples/register-schemas.sh)"
+FLOWCTL_BIN="$bin" examples/register-schemas.sh
 echo "== apply (through a follower or the leader: any node serves writes)"
 "$bin" --endpoints "127.0.0.1:${ports[1]}" apply -f examples/stellar-pipeline.yaml
 for i in 0 1 2; do

@@ -151,6 +151,7 @@ fn writer_threads(
                             yaml: doc(&name, "x"),
                             file_name: "t.yaml".into(),
                             dry_run: false,
+                            allow_unregistered_types: false,
                         };
                         let r =
                             client

@@ -83,14 +83,14 @@ spec:
   sources:
     - id: src
       command: ["{src}"]
-      output_event_types: [stellar.ledger.v1.LedgerCloseMeta]
+      output_event_types: [raw_ledger_service.RawLedgerChunk]
       restart_policy: always
   processors:
     - id: proc
       command: ["{proc_}"]
       inputs: [src]
-      input_event_types: [stellar.ledger.v1.LedgerCloseMeta]
-      output_event_types: [token_transfer.v1.TokenTransferEvent]
+      input_event_types: [raw_ledger_service.RawLedgerChunk]
+      output_event_types: [token_transfer.TokenTransferEvent]
       env:
         MY_VAR: "{my_var}"
       restart_policy: always
@@ -98,7 +98,7 @@ spec:
     - id: sink
       command: ["{sink}"]
       inputs: [proc]
-      input_event_types: [token_transfer.v1.TokenTransferEvent]
+      input_event_types: [token_transfer.TokenTransferEvent]
       restart_policy: always
 "#,
         src = src.display(),
@@ -138,7 +138,15 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
     let file = c.dir().join("p.yaml");
     std::fs::write(&file, pipeline_doc(name, "v1")).unwrap();
     let out = c
-        .flowctl(1, &["apply", "-f", file.to_str().unwrap()])
+        .flowctl(
+            1,
+            &[
+                "apply",
+                "--allow-unregistered-types",
+                "-f",
+                file.to_str().unwrap(),
+            ],
+        )
         .unwrap();
     assert!(
         out.status.success(),
@@ -347,7 +355,16 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
     // apply restarts only that component, whose new instance sees the new value.
     std::fs::write(&file, pipeline_doc(name, "v2")).unwrap();
     let dry = c
-        .flowctl(0, &["apply", "--dry-run", "-f", file.to_str().unwrap()])
+        .flowctl(
+            0,
+            &[
+                "apply",
+                "--dry-run",
+                "--allow-unregistered-types",
+                "-f",
+                file.to_str().unwrap(),
+            ],
+        )
         .unwrap();
     let dry = String::from_utf8_lossy(&dry.stdout).into_owned();
     assert!(
@@ -361,7 +378,15 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
         1
     );
     let out = c
-        .flowctl(0, &["apply", "-f", file.to_str().unwrap()])
+        .flowctl(
+            0,
+            &[
+                "apply",
+                "--allow-unregistered-types",
+                "-f",
+                file.to_str().unwrap(),
+            ],
+        )
         .unwrap();
     assert!(
         out.status.success(),

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tonic::transport::Channel;
 
-fn client(g: &Global) -> anyhow::Result<Client> {
+pub(crate) fn client(g: &Global) -> anyhow::Result<Client> {
     Ok(Client::new(
         &parse_endpoints(&g.endpoints),
         Duration::from_secs(g.timeout),
@@ -28,7 +28,7 @@ fn clusters(ch: Channel) -> ClusterServiceClient<Channel> {
     ClusterServiceClient::new(ch).max_decoding_message_size(MAX_REPLY_BYTES)
 }
 
-fn consistency(g: &Global) -> i32 {
+pub(crate) fn consistency(g: &Global) -> i32 {
     match g.consistency {
         ConsistencyArg::Linearizable => pb::Consistency::Linearizable as i32,
         ConsistencyArg::Stale => pb::Consistency::Stale as i32,
@@ -36,7 +36,7 @@ fn consistency(g: &Global) -> i32 {
 }
 
 /// A status as one line: the server's message says what and where.
-fn status_err(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
     let msg = s.message().replace('\n', " ");
     match s.code() {
         tonic::Code::Unavailable => anyhow::anyhow!("cluster unavailable: {msg}"),
@@ -47,13 +47,13 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
     }
 }
 
-fn ts_ms(t: &Option<prost_types::Timestamp>) -> u64 {
+pub(crate) fn ts_ms(t: &Option<prost_types::Timestamp>) -> u64 {
     t.as_ref()
         .map(|t| t.seconds as u64 * 1000 + t.nanos as u64 / 1_000_000)
         .unwrap_or(0)
 }
 
-fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     // One formatter for the whole project: the server's, without the milliseconds.
     let full = flowctl_server::logs::rfc3339_ms(ms);
     match full.split_once('.') {
@@ -62,7 +62,7 @@ fn rfc3339(ms: u64) -> String {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -128,7 +128,7 @@ fn pipeline_rows(ps: &[pb::Pipeline], wide: bool) -> Vec<Vec<String>> {
     rows
 }
 
-fn note_stale(g: &Global, meta: &Option<pb::ReadMeta>) {
+pub(crate) fn note_stale(g: &Global, meta: &Option<pb::ReadMeta>) {
     if g.consistency == ConsistencyArg::Stale {
         if let Some(m) = meta {
             eprintln!(
@@ -205,7 +205,12 @@ fn line_diff(old: &str, new: &str) -> Vec<String> {
     out
 }
 
-pub async fn apply(g: &Global, file: &str, dry_run: bool) -> anyhow::Result<()> {
+pub async fn apply(
+    g: &Global,
+    file: &str,
+    dry_run: bool,
+    allow_unregistered_types: bool,
+) -> anyhow::Result<()> {
     let inputs = apply_inputs(file)?;
     // Check every file locally first (the same rules the server applies), so that a bad file
     // in a directory stops the whole apply before anything is stored.
@@ -219,6 +224,7 @@ pub async fn apply(g: &Global, file: &str, dry_run: bool) -> anyhow::Result<()> 
             yaml: yaml.clone(),
             file_name: name,
             dry_run,
+            allow_unregistered_types,
         };
         let resp = c
             .call(|ch| {
@@ -454,6 +460,30 @@ pub async fn graph_live(
             c.id.to_string(),
             flowctl_spec::graph::ComponentHealth::from_counts(ready, c.replicas),
         );
+    }
+    // Edges show the registered version of each event type.
+    let c = client(g)?;
+    let req = pb::ListSubjectsRequest {
+        consistency: consistency(g),
+    };
+    let subjects = c
+        .call(|ch| async move {
+            flowctl_client::proto::admin::v1::schema_service_client::SchemaServiceClient::new(ch)
+                .max_decoding_message_size(MAX_REPLY_BYTES)
+                .list_subjects(req)
+                .await
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .subjects;
+    for s in subjects {
+        if s.latest_version > 0 {
+            overlay.event_type_notes.insert(
+                s.subject,
+                format!("v{}, id {}", s.latest_version, s.latest_id),
+            );
+        }
     }
     crate::spec_cmds::write_graph(args, &spec, &overlay)
 }

@@ -3,6 +3,7 @@
 
 mod commands;
 mod output;
+mod schema_cmds;
 mod server_cmd;
 mod spec_cmds;
 
@@ -44,6 +45,10 @@ pub enum Format {
     Wide,
     Json,
     Yaml,
+    /// A schema's .proto source (`schemas get`).
+    Proto,
+    /// A schema's encoded FileDescriptorSet, binary (`schemas get`).
+    Descriptor,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -64,6 +69,14 @@ enum Command {
         /// Validate and show what would change, without storing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Accept event types that are not registered schema subjects.
+        #[arg(long)]
+        allow_unregistered_types: bool,
+    },
+    /// The schema registry: push, check, list, get, diff, delete, compatibility modes.
+    Schemas {
+        #[command(subcommand)]
+        what: schema_cmds::SchemasCmd,
     },
     /// Registered components and their health (same as `get components`).
     List(commands::ComponentFilter),
@@ -157,7 +170,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => server_cmd::run(args).await,
             Command::Logs(a) => commands::logs(&cli.global, &a).await,
-            Command::Apply { file, dry_run } => commands::apply(&cli.global, &file, dry_run).await,
+            Command::Apply {
+                file,
+                dry_run,
+                allow_unregistered_types,
+            } => commands::apply(&cli.global, &file, dry_run, allow_unregistered_types).await,
+            Command::Schemas { what } => schema_cmds::run(&cli.global, what).await,
             Command::Get {
                 what: GetWhat::Pipelines,
             } => commands::get_pipelines(&cli.global).await,

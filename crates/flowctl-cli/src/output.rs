@@ -14,6 +14,9 @@ pub fn print(
         Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
         Format::Yaml => print!("{}", serde_saphyr::to_string(value)?),
         Format::Table | Format::Wide => print_table(&table(format == Format::Wide)),
+        Format::Proto | Format::Descriptor => {
+            anyhow::bail!("-o proto and -o descriptor are for `flowctl schemas get` only")
+        }
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ fn ts(ms: u64) -> Option<prost_types::Timestamp> {
     })
 }
 
-fn meta_pb(m: ReadMeta) -> pb::ReadMeta {
+pub(crate) fn meta_pb(m: ReadMeta) -> pb::ReadMeta {
     pb::ReadMeta {
         node_id: m.node_id,
         consistency: if m.linearizable {
@@ -215,8 +215,15 @@ impl pb::pipeline_service_server::PipelineService for Api {
         } else {
             &req.file_name
         };
-        let report =
-            pipelines::apply(&self.node, &self.specs, file, &req.yaml, req.dry_run).await?;
+        let report = pipelines::apply(
+            &self.node,
+            &self.specs,
+            file,
+            &req.yaml,
+            req.dry_run,
+            req.allow_unregistered_types,
+        )
+        .await?;
         let result = match report.result {
             ApplyResult::Created => pb::ApplyResult::Created,
             ApplyResult::Configured => pb::ApplyResult::Configured,

@@ -14,6 +14,12 @@ pub enum ServiceError {
     NotFound(String),
     #[error("{0}")]
     Overloaded(String),
+    /// A concurrent change won; the request may be retried.
+    #[error("{0}")]
+    Conflict(String),
+    /// A precondition of the request does not hold (an incompatible schema, say).
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error(transparent)]
     Raft(#[from] flowctl_raft::Error),
     /// The state machine returned an outcome this request did not expect: a bug.
@@ -26,6 +32,7 @@ impl From<Rejection> for ServiceError {
         match r {
             Rejection::NotFound { .. } => ServiceError::NotFound(r.to_string()),
             Rejection::Invalid(m) => ServiceError::BadArgument(m),
+            Rejection::Conflict(m) => ServiceError::Conflict(m),
         }
     }
 }
@@ -57,6 +64,8 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::BadArgument(m) => tonic::Status::invalid_argument(m),
             ServiceError::NotFound(m) => tonic::Status::not_found(m),
             ServiceError::Overloaded(m) => tonic::Status::resource_exhausted(m),
+            ServiceError::Conflict(m) => tonic::Status::aborted(m),
+            ServiceError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             ServiceError::Raft(r) => flowctl_raft::error_to_status(&r),
             ServiceError::Unexpected(m) => {
                 tracing::error!(error = %m, "unexpected state machine outcome");

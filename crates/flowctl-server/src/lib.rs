@@ -27,6 +27,7 @@ pub mod liveness;
 pub mod logs;
 pub mod node_meta;
 pub mod pipelines;
+pub mod schemas;
 pub mod spec_cache;
 pub mod wire;
 
@@ -220,6 +221,11 @@ async fn serve_grpc(
     let pipelines =
         PipelineServiceServer::new(api.clone()).max_decoding_message_size(max_request_bytes);
     let clusters = ClusterServiceServer::new(api).max_decoding_message_size(max_request_bytes);
+    let schema_api = flowctl_proto::admin::v1::schema_service_server::SchemaServiceServer::new(
+        schemas::SchemaApi { node: node.clone() },
+    )
+    .max_decoding_message_size(max_request_bytes)
+    .max_encoding_message_size(64 * 1024 * 1024);
     let apis = wire::ComponentApis {
         node: node.clone(),
         live: live.clone(),
@@ -248,6 +254,9 @@ async fn serve_grpc(
     reporter
         .set_serving::<ClusterServiceServer<api::Api>>()
         .await;
+    reporter
+        .set_serving::<flowctl_proto::admin::v1::schema_service_server::SchemaServiceServer<schemas::SchemaApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(flowctl_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -266,6 +275,7 @@ async fn serve_grpc(
         .add_service(internal)
         .add_service(pipelines)
         .add_service(clusters)
+        .add_service(schema_api)
         .add_service(legacy_api)
         .add_service(v1_api)
         .add_service(components_api)

@@ -39,10 +39,14 @@ pub async fn apply(
     file: &str,
     yaml: &str,
     dry_run: bool,
+    allow_unregistered_types: bool,
 ) -> Result<ApplyReport, ServiceError> {
     // The same full validation as `flowctl validate`; the node that receives the request runs
     // it, so nothing unvalidated reaches the log.
     let validated = flowctl_spec::validate_pipeline(file, yaml)?;
+    if !allow_unregistered_types {
+        check_event_types_registered(node, &validated).await?;
+    }
     let doc = validated.doc();
     let stored = node.read_stale(|s| s.pipelines.get(doc.name()).cloned()).0;
     let old = stored
@@ -97,6 +101,45 @@ pub async fn apply(
         Outcome::Rejected(r) => Err(r.into()),
         other => Err(ServiceError::Unexpected(format!("{other:?}"))),
     }
+}
+
+/// Every event type the pipeline declares must be a live subject of the schema registry.
+async fn check_event_types_registered(
+    node: &RaftNode,
+    p: &flowctl_spec::ValidatedPipeline,
+) -> Result<(), ServiceError> {
+    let mut types = std::collections::BTreeSet::new();
+    for (_, c) in p.components() {
+        types.extend(c.input_event_types.iter().map(ToString::to_string));
+        types.extend(c.output_event_types.iter().map(ToString::to_string));
+    }
+    if types.is_empty() {
+        return Ok(());
+    }
+    let (missing, _) = node
+        .read_linearizable(|s| {
+            types
+                .iter()
+                .filter(|t| {
+                    s.schemas
+                        .subjects
+                        .get(t.as_str())
+                        .is_none_or(|x| x.latest().is_none())
+                })
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ServiceError::FailedPrecondition(format!(
+        "pipeline {} declares event types that are not registered schemas: {} \
+         (push them with `flowctl schemas push FILE.proto --package PKG`, or apply with \
+         --allow-unregistered-types)",
+        p.name(),
+        missing.join(", ")
+    )))
 }
 
 pub async fn delete(node: &RaftNode, name: &str) -> Result<u64, ServiceError> {

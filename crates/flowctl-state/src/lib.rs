@@ -17,6 +17,7 @@ pub mod ids;
 pub mod pipelines;
 pub mod placements;
 pub mod runtime;
+pub mod schemas;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,6 +45,12 @@ pub enum Command {
     SetPlacement(placements::SetPlacement),
     /// A node's report of the instances it runs and what happened to them.
     ReportRuntime(runtime::ReportRuntime),
+    /// Register a package's schemas (checked for compatibility by the proposer).
+    PushSchemas(schemas::PushSchemas),
+    /// Set or clear a compatibility mode.
+    SetCompatibility(schemas::SetCompatibility),
+    /// Soft- or permanently delete subject versions.
+    DeleteSchema(schemas::DeleteSchema),
     /// Several commands proposed together as one log entry (the leader batches concurrent
     /// proposals). They apply in order; each gets its own outcome.
     Batch(Vec<Command>),
@@ -56,6 +63,9 @@ pub enum Rejection {
     NotFound { kind: String, name: String },
     #[error("invalid: {0}")]
     Invalid(String),
+    /// What the proposer checked against changed before the command committed; check again.
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 /// The result of applying one command (or one non-command log entry).
@@ -90,6 +100,12 @@ pub enum Outcome {
     },
     PlacementUnchanged,
     RuntimeReported,
+    SchemasPushed(Vec<schemas::PushedSubject>),
+    CompatibilitySet,
+    SchemasDeleted {
+        subject: String,
+        versions: Vec<u32>,
+    },
     Rejected(Rejection),
     /// The outcomes of a [`Command::Batch`], in order.
     Batch(Vec<Outcome>),
@@ -103,6 +119,9 @@ pub enum Touched {
     Component(ComponentId),
     Placement(String),
     Runtime(String),
+    Subject(String),
+    Schema(u64),
+    SchemaMeta,
 }
 
 /// The whole replicated application state.
@@ -118,6 +137,9 @@ pub struct State {
     /// What the supervisors report, by pipeline name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub runtime: BTreeMap<String, runtime::PipelineRuntime>,
+    /// The schema registry.
+    #[serde(default, skip_serializing_if = "schemas::Registry::is_empty")]
+    pub schemas: schemas::Registry,
     /// Index of pipeline ids to names: derived from `pipelines`, never persisted. `apply`
     /// rebuilds it when it is out of step (after decoding or loading from disk).
     #[serde(skip)]
@@ -132,6 +154,7 @@ impl PartialEq for State {
             && self.components == other.components
             && self.placements == other.placements
             && self.runtime == other.runtime
+            && self.schemas == other.schemas
     }
 }
 
@@ -147,6 +170,9 @@ pub fn apply(state: &mut State, index: u64, cmd: &Command) -> (Outcome, Vec<Touc
         Command::SetComponentHealth(c) => components::set_health(state, index, c),
         Command::SetPlacement(c) => placements::set(state, index, c),
         Command::ReportRuntime(c) => runtime::report(state, c),
+        Command::PushSchemas(c) => schemas::push(state, c),
+        Command::SetCompatibility(c) => schemas::set_compatibility(state, c),
+        Command::DeleteSchema(c) => schemas::delete(state, c),
         Command::Batch(cmds) => {
             let mut outcomes = Vec::with_capacity(cmds.len());
             let mut touched = Vec::new();

@@ -23,6 +23,9 @@ const REMOVED_PREFIX: &str = "r/";
 const COMPONENT_PREFIX: &str = "c/";
 const PLACEMENT_PREFIX: &str = "l/";
 const RUNTIME_PREFIX: &str = "x/";
+const SUBJECT_PREFIX: &str = "S/";
+const SCHEMA_PREFIX: &str = "I/";
+const SCHEMA_META_KEY: &str = "M/schema-registry";
 
 /// What has been applied, as openraft sees it.
 #[derive(Debug, Clone, Default)]
@@ -89,6 +92,15 @@ fn pipeline_key(name: &str) -> Vec<u8> {
     format!("{PIPELINE_PREFIX}{name}").into_bytes()
 }
 
+fn subject_key(name: &str) -> Vec<u8> {
+    format!("{SUBJECT_PREFIX}{name}").into_bytes()
+}
+
+fn schema_key(id: u64) -> Vec<u8> {
+    // Zero-padded so that keys sort by id.
+    format!("{SCHEMA_PREFIX}{id:020}").into_bytes()
+}
+
 fn runtime_key(pipeline: &str) -> Vec<u8> {
     format!("{RUNTIME_PREFIX}{pipeline}").into_bytes()
 }
@@ -117,6 +129,20 @@ impl StateMachineStore {
             } else if let Some(name) = key.strip_prefix(PLACEMENT_PREFIX) {
                 let p = codec::decode("placement", &v).map_err(sm_read)?;
                 inner.state.placements.insert(name.to_owned(), p);
+            } else if let Some(name) = key.strip_prefix(SUBJECT_PREFIX) {
+                let subject = codec::decode("schema subject", &v).map_err(sm_read)?;
+                inner
+                    .state
+                    .schemas
+                    .subjects
+                    .insert(name.to_owned(), subject);
+            } else if key.starts_with(SCHEMA_PREFIX) {
+                let rec: flowctl_state::schemas::SchemaRecord =
+                    codec::decode("schema", &v).map_err(sm_read)?;
+                inner.state.schemas.schemas.insert(rec.id, rec);
+            } else if key == SCHEMA_META_KEY {
+                inner.state.schemas.meta =
+                    codec::decode("schema registry meta", &v).map_err(sm_read)?;
             } else if let Some(name) = key.strip_prefix(RUNTIME_PREFIX) {
                 let r = codec::decode("pipeline runtime", &v).map_err(sm_read)?;
                 inner.state.runtime.insert(name.to_owned(), r);
@@ -260,6 +286,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         ),
                         None => batch.delete_cf(sm, placement_key(&name)),
                     },
+                    Touched::Subject(name) => match g.state.schemas.subjects.get(&name) {
+                        Some(x) => batch.put_cf(
+                            sm,
+                            subject_key(&name),
+                            codec::encode("schema subject", x).map_err(sm_write)?,
+                        ),
+                        None => batch.delete_cf(sm, subject_key(&name)),
+                    },
+                    Touched::Schema(id) => match g.state.schemas.schemas.get(&id) {
+                        Some(x) => batch.put_cf(
+                            sm,
+                            schema_key(id),
+                            codec::encode("schema", x).map_err(sm_write)?,
+                        ),
+                        None => batch.delete_cf(sm, schema_key(id)),
+                    },
+                    Touched::SchemaMeta => batch.put_cf(
+                        sm,
+                        SCHEMA_META_KEY.as_bytes(),
+                        codec::encode("schema registry meta", &g.state.schemas.meta)
+                            .map_err(sm_write)?,
+                    ),
                     Touched::Runtime(name) => match g.state.runtime.get(&name) {
                         Some(r) => batch.put_cf(
                             sm,
@@ -378,6 +426,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     codec::encode("placement", p).map_err(sm_write)?,
                 );
             }
+            for (name, x) in &state2.schemas.subjects {
+                batch.put_cf(
+                    sm,
+                    subject_key(name),
+                    codec::encode("schema subject", x).map_err(sm_write)?,
+                );
+            }
+            for (id, x) in &state2.schemas.schemas {
+                batch.put_cf(
+                    sm,
+                    schema_key(*id),
+                    codec::encode("schema", x).map_err(sm_write)?,
+                );
+            }
+            batch.put_cf(
+                sm,
+                SCHEMA_META_KEY.as_bytes(),
+                codec::encode("schema registry meta", &state2.schemas.meta).map_err(sm_write)?,
+            );
             for (name, r) in &state2.runtime {
                 batch.put_cf(
                     sm,

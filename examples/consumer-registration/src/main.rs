@@ -1,5 +1,5 @@
 //! Example consumer component: registers with flowctl as a consumer of
-//! `token_transfer.v1.TokenTransferEvent`, heartbeats, serves `/health` and `/metrics`, and
+//! `token_transfer.TokenTransferEvent`, heartbeats, serves `/health` and `/metrics`, and
 //! stops cleanly on SIGTERM or Ctrl-C. Its "work" is a demo loop; it consumes nothing.
 //!
 //! Run it against a local flowctl: `ENABLE_FLOWCTL=true FLOWCTL_COMPONENT_ID=consumer-app
@@ -16,7 +16,7 @@ fn description() -> ComponentDescription {
     ComponentDescription::consumer("consumer-app")
         .with_description("Example consumer: token transfer events (demo workload)")
         .with_version(env!("CARGO_PKG_VERSION"))
-        .with_input_event_type("token_transfer.v1.TokenTransferEvent")
+        .with_input_event_type("token_transfer.TokenTransferEvent")
         .with_metadata("network", "testnet")
 }
 
@@ -64,10 +64,7 @@ mod tests {
     fn describes_a_consumer_of_token_transfers() {
         let d = description();
         assert_eq!(d.kind, ComponentKind::Consumer);
-        assert_eq!(
-            d.input_event_types,
-            ["token_transfer.v1.TokenTransferEvent"]
-        );
+        assert_eq!(d.input_event_types, ["token_transfer.TokenTransferEvent"]);
         assert!(d.output_event_types.is_empty());
     }
 

@@ -1,5 +1,5 @@
 //! Example processor component: registers with flowctl as a consumer of
-//! `stellar.ledger.v1.LedgerCloseMeta` and a producer of `token_transfer.v1.TokenTransferEvent`,
+//! `raw_ledger_service.RawLedgerChunk` and a producer of `token_transfer.TokenTransferEvent`,
 //! heartbeats, serves `/health` and `/metrics`, and stops cleanly on SIGTERM or Ctrl-C. Its
 //! "work" is a demo loop; it processes nothing.
 //!
@@ -17,8 +17,8 @@ fn description() -> ComponentDescription {
     ComponentDescription::processor("ttp-processor")
         .with_description("Example processor: token transfers from ledgers (demo workload)")
         .with_version(env!("CARGO_PKG_VERSION"))
-        .with_input_event_type("stellar.ledger.v1.LedgerCloseMeta")
-        .with_output_event_type("token_transfer.v1.TokenTransferEvent")
+        .with_input_event_type("raw_ledger_service.RawLedgerChunk")
+        .with_output_event_type("token_transfer.TokenTransferEvent")
         .with_metadata("network", "testnet")
 }
 
@@ -70,11 +70,8 @@ mod tests {
     fn describes_a_ledger_to_token_transfer_processor() {
         let d = description();
         assert_eq!(d.kind, ComponentKind::Processor);
-        assert_eq!(d.input_event_types, ["stellar.ledger.v1.LedgerCloseMeta"]);
-        assert_eq!(
-            d.output_event_types,
-            ["token_transfer.v1.TokenTransferEvent"]
-        );
+        assert_eq!(d.input_event_types, ["raw_ledger_service.RawLedgerChunk"]);
+        assert_eq!(d.output_event_types, ["token_transfer.TokenTransferEvent"]);
     }
 
     #[tokio::test]

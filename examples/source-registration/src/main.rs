@@ -1,5 +1,5 @@
 //! Example source component: registers with flowctl as a producer of
-//! `stellar.ledger.v1.LedgerCloseMeta`, heartbeats, serves `/health` and `/metrics`, and stops
+//! `raw_ledger_service.RawLedgerChunk`, heartbeats, serves `/health` and `/metrics`, and stops
 //! cleanly on SIGTERM or Ctrl-C. Its "work" is a demo loop; it reads no ledgers.
 //!
 //! Run it against a local flowctl: `ENABLE_FLOWCTL=true FLOWCTL_COMPONENT_ID=stellar-live-source
@@ -16,7 +16,7 @@ fn description() -> ComponentDescription {
     ComponentDescription::source("stellar-live-source")
         .with_description("Example source: Stellar ledgers from a data lake (demo workload)")
         .with_version(env!("CARGO_PKG_VERSION"))
-        .with_output_event_type("stellar.ledger.v1.LedgerCloseMeta")
+        .with_output_event_type("raw_ledger_service.RawLedgerChunk")
         .with_metadata("network", "testnet")
 }
 
@@ -71,7 +71,7 @@ mod tests {
         let d = description();
         assert_eq!(d.kind, ComponentKind::Source);
         assert!(d.input_event_types.is_empty());
-        assert_eq!(d.output_event_types, ["stellar.ledger.v1.LedgerCloseMeta"]);
+        assert_eq!(d.output_event_types, ["raw_ledger_service.RawLedgerChunk"]);
     }
 
     #[tokio::test]
