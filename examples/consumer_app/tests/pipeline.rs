@@ -33,6 +33,17 @@ async fn agent(description: flowctl_agent::ComponentDescription) -> AgentHandle 
     .unwrap()
 }
 
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn totals_equal_the_expected_events_minus_the_ledgers_in_the_dlq() {
     let broker = EmbeddedBroker::start(1).unwrap();
@@ -83,6 +94,7 @@ async fn totals_equal_the_expected_events_minus_the_ledgers_in_the_dlq() {
         let (agent, cancel) = (processor_agent.clone(), cancel.clone());
         tokio::spawn(async move { run_processor(&config, &agent, &cancel).await })
     };
+    let consumer_agent = agent(consumer_app::description()).await;
     let totals = tokio::sync::watch::Sender::new(Totals::default());
     let mut totals_rx = totals.subscribe();
     let consumer = {
@@ -94,7 +106,7 @@ async fn totals_equal_the_expected_events_minus_the_ledgers_in_the_dlq() {
             totals_file: Some(totals_file.clone()),
             summary_interval: Duration::from_secs(1),
         };
-        let agent = agent(consumer_app::description()).await;
+        let agent = consumer_agent.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move { run_consumer(&config, &agent, &cancel, &totals).await })
     };
@@ -132,6 +144,12 @@ async fn totals_equal_the_expected_events_minus_the_ledgers_in_the_dlq() {
         serde_json::from_str(&std::fs::read_to_string(&totals_file).unwrap()).unwrap();
     assert_eq!(file["events_total"], expected.events_total);
     assert_eq!(file["last_ledger"], LAST);
+    // The agent serves the totals on /metrics (and sends the same values in heartbeats).
+    let metrics = http_get(consumer_agent.health_addr(), "/metrics").await;
+    let line = format!("flowctl_consumer_events_total {}\n", expected.events_total);
+    assert!(metrics.contains(&line), "{metrics}");
+    assert!(metrics.contains(&format!("flowctl_consumer_last_ledger {LAST}\n")));
+    assert!(metrics.contains("flowctl_consumer_fee_amount_native "));
 
     // The DLQ holds exactly the failed ledgers, with their headers.
     let dlq_reader = Consumer::assign(
