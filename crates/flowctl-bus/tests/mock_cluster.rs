@@ -234,3 +234,23 @@ async fn committed_offsets_resume_a_consumer() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[test]
+fn embedded_brokers_listen_on_ephemeral_loopback_ports() {
+    let a = EmbeddedBroker::start(2).unwrap();
+    let b = EmbeddedBroker::start(1).unwrap();
+    let ports = |s: &str| -> Vec<u16> {
+        s.split(',')
+            .map(|hp| {
+                let (host, port) = hp.rsplit_once(':').unwrap();
+                assert!(host == "127.0.0.1" || host == "localhost", "{hp}");
+                port.parse().unwrap()
+            })
+            .collect()
+    };
+    let (pa, pb) = (ports(a.bootstrap_servers()), ports(b.bootstrap_servers()));
+    assert_eq!(pa.len(), 2);
+    assert!(pa.iter().chain(&pb).all(|p| *p != 0));
+    assert!(pb.iter().all(|p| !pa.contains(p)));
+    a.shutdown();
+}

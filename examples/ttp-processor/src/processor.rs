@@ -179,9 +179,14 @@ pub async fn run_processor(
         tokio::select! {
             biased;
             () = cancel.cancelled() => break,
-            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                note(done?, &mut committable);
-            }
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => match done {
+                Ok(d) => note(d, &mut committable),
+                // Only a stop interrupts a delivery; commit what is done below.
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "stopping with undelivered output");
+                    break;
+                }
+            },
             _ = commit_tick.tick() => {
                 if !committable.is_empty() {
                     consumer.commit(&committable).context("while committing offsets")?;
