@@ -50,6 +50,13 @@ pub struct ServerArgs {
     /// Seconds a node may be silent before the leader moves its pipeline instances elsewhere.
     #[arg(long, default_value_t = 10.0)]
     node_grace: f64,
+    /// Kafka bootstrap brokers (HOST:PORT,...) for pipelines that do not name their own in
+    /// `spec.bus.brokers`.
+    #[arg(long, value_delimiter = ',')]
+    kafka_brokers: Vec<String>,
+    /// Drop DLQ index entries older than this many hours (0 = keep them).
+    #[arg(long, default_value_t = 168.0)]
+    dlq_retention: f64,
     /// Build a snapshot and purge the log every this many applied entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_threshold: u64,
@@ -136,6 +143,17 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<()> {
         join_timeout: std::time::Duration::from_secs(a.join_timeout),
         heartbeat_ttl: seconds("--heartbeat-ttl", a.heartbeat_ttl)?,
         node_grace: seconds("--node-grace", a.node_grace)?,
+        kafka_brokers: a
+            .kafka_brokers
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        dlq_retention: if a.dlq_retention == 0.0 {
+            None
+        } else {
+            Some(seconds("--dlq-retention", a.dlq_retention * 3600.0)?)
+        },
         component_expiry: if a.component_expiry == 0.0 {
             None
         } else {

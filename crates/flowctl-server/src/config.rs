@@ -33,6 +33,10 @@ pub struct ServerConfig {
     pub component_expiry: Option<std::time::Duration>,
     /// A node silent for this long has its pipeline instances placed elsewhere.
     pub node_grace: std::time::Duration,
+    /// The Kafka brokers of pipelines whose `spec.bus.brokers` is empty; empty: none.
+    pub kafka_brokers: Vec<String>,
+    /// DLQ index entries older than this are dropped; `None` keeps them.
+    pub dlq_retention: Option<std::time::Duration>,
     pub raft: RaftOptions,
 }
 
@@ -51,6 +55,11 @@ impl ServerConfig {
         for j in &self.join {
             if !j.contains(':') {
                 return Err(format!("--join address {j:?} must be HOST:PORT"));
+            }
+        }
+        for b in &self.kafka_brokers {
+            if !b.contains(':') {
+                return Err(format!("--kafka-brokers entry {b:?} must be HOST:PORT"));
             }
         }
         if self.max_request_bytes < 1024 {

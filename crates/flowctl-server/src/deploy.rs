@@ -40,6 +40,19 @@ pub struct DeployOptions {
     pub node_grace: Duration,
     /// `FLOWCTL_HEARTBEAT_INTERVAL` given to components.
     pub heartbeat_interval: Duration,
+    /// Brokers of pipelines that name none (`--kafka-brokers`).
+    pub kafka_brokers: Vec<String>,
+}
+
+impl DeployOptions {
+    /// The brokers a pipeline uses: its own, else the server's; empty when neither is set.
+    pub fn brokers_of(&self, p: &ValidatedPipeline) -> Vec<String> {
+        if p.spec().bus.brokers.is_empty() {
+            self.kafka_brokers.clone()
+        } else {
+            p.spec().bus.brokers.clone()
+        }
+    }
 }
 
 use crate::spec_cache::SpecCache;
@@ -367,7 +380,8 @@ fn instance_env(
     if let Some(port) = c.health_port_of(replica) {
         env.insert("HEALTH_PORT".into(), port.to_string());
     }
-    env.insert("KAFKA_BROKERS".into(), p.spec().bus.brokers.join(","));
+    env.insert("KAFKA_BROKERS".into(), opts.brokers_of(p).join(","));
+    env.insert("DLQ_TOPIC".into(), flowctl_spec::dlq_topic_name(p));
     let inputs: Vec<String> = c
         .inputs
         .iter()

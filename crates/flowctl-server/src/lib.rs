@@ -118,6 +118,7 @@ pub async fn run(
             data_dir: cfg.data_dir.clone(),
             node_grace: cfg.node_grace,
             heartbeat_interval: (cfg.heartbeat_ttl / 6).max(Duration::from_millis(200)),
+            kafka_brokers: cfg.kafka_brokers.clone(),
         },
         loops.clone(),
         &tracker,

@@ -31,7 +31,11 @@ pub use model::{
     Bus, Component, ComponentId, ComponentKind, Driver, Metadata, PipelineManifest, PipelineSpec,
     RestartPolicy,
 };
-pub use pipeline::{component_changes, topic_name, Edge, ValidatedPipeline};
+pub use pipeline::{component_changes, dlq_topic_name, topic_name, Edge, ValidatedPipeline};
+
+/// The component id that no component may have: `<prefix>.<pipeline>.dlq` is the
+/// pipeline's dead-letter topic.
+pub const RESERVED_DLQ_ID: &str = "dlq";
 pub use schema::pipeline_schema;
 pub use validate::validate_pipeline;
 

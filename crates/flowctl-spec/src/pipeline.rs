@@ -224,6 +224,16 @@ fn edge_types<'a>(from: &'a Component, to: &'a Component) -> Vec<&'a str> {
 /// (`RegistrationAck.topic_names`, `RegisterResponse.assigned_topics`) use it too. The result
 /// is always a legal Kafka topic name: the prefix is checked by validation, and pipeline names
 /// and ids are DNS labels, so the whole name has at most 249 characters.
+/// The pipeline's dead-letter topic: `<topic_prefix>.<pipeline>.dlq`. Validation refuses a
+/// component with the id `dlq` ([`crate::RESERVED_DLQ_ID`]), so it cannot clash.
+pub fn dlq_topic_name(pipeline: &ValidatedPipeline) -> String {
+    format!(
+        "{}.{}.dlq",
+        pipeline.spec().bus.topic_prefix,
+        pipeline.name()
+    )
+}
+
 pub fn topic_name(pipeline: &ValidatedPipeline, upstream_id: &ComponentId) -> String {
     format!(
         "{}.{}.{}",

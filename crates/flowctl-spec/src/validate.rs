@@ -929,6 +929,15 @@ impl Walker {
         let mut by_id: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, d) in drafts.iter().enumerate() {
             let Some((id, pos)) = &d.id else { continue };
+            if id == crate::RESERVED_DLQ_ID {
+                self.err(
+                    format!("{}.id", d.path),
+                    *pos,
+                    format!(
+                        "{id:?} is reserved: the pipeline's dead-letter topic is named after it"
+                    ),
+                );
+            }
             if let Some(&first) = by_id.get(id.as_str()) {
                 let other = &drafts[first];
                 self.err(
