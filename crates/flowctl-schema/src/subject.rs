@@ -537,7 +537,6 @@ mod tests {
                 &[
                     "token_transfer.TokenTransferEvent",
                     "token_transfer.EventMeta",
-                    "token_transfer.Asset",
                     "token_transfer.Transfer",
                     "token_transfer.Mint",
                     "token_transfer.Burn",
