@@ -13,6 +13,7 @@
 
 pub mod codec;
 pub mod components;
+pub mod dlq;
 pub mod ids;
 pub mod pipelines;
 pub mod placements;
@@ -51,6 +52,12 @@ pub enum Command {
     SetCompatibility(schemas::SetCompatibility),
     /// Soft- or permanently delete subject versions.
     DeleteSchema(schemas::DeleteSchema),
+    /// DLQ records read by the leader, with the offset they advance to.
+    IndexDlq(dlq::IndexDlq),
+    /// Replay and discard transitions of DLQ entries.
+    SetDlqState(dlq::SetDlqState),
+    /// Retention of the DLQ index.
+    ExpireDlq(dlq::ExpireDlq),
     /// Several commands proposed together as one log entry (the leader batches concurrent
     /// proposals). They apply in order; each gets its own outcome.
     Batch(Vec<Command>),
@@ -106,6 +113,15 @@ pub enum Outcome {
         subject: String,
         versions: Vec<u32>,
     },
+    DlqIndexed {
+        added: usize,
+    },
+    DlqStateSet {
+        changed: Vec<String>,
+    },
+    DlqExpired {
+        removed: usize,
+    },
     Rejected(Rejection),
     /// The outcomes of a [`Command::Batch`], in order.
     Batch(Vec<Outcome>),
@@ -122,6 +138,8 @@ pub enum Touched {
     Subject(String),
     Schema(u64),
     SchemaMeta,
+    DlqEntry(String),
+    DlqOffset(String),
 }
 
 /// The whole replicated application state.
@@ -140,6 +158,9 @@ pub struct State {
     /// The schema registry.
     #[serde(default, skip_serializing_if = "schemas::Registry::is_empty")]
     pub schemas: schemas::Registry,
+    /// The dead-letter index.
+    #[serde(default, skip_serializing_if = "dlq::DlqIndex::is_empty")]
+    pub dlq: dlq::DlqIndex,
     /// Index of pipeline ids to names: derived from `pipelines`, never persisted. `apply`
     /// rebuilds it when it is out of step (after decoding or loading from disk).
     #[serde(skip)]
@@ -155,6 +176,7 @@ impl PartialEq for State {
             && self.placements == other.placements
             && self.runtime == other.runtime
             && self.schemas == other.schemas
+            && self.dlq == other.dlq
     }
 }
 
@@ -173,6 +195,9 @@ pub fn apply(state: &mut State, index: u64, cmd: &Command) -> (Outcome, Vec<Touc
         Command::PushSchemas(c) => schemas::push(state, c),
         Command::SetCompatibility(c) => schemas::set_compatibility(state, c),
         Command::DeleteSchema(c) => schemas::delete(state, c),
+        Command::IndexDlq(c) => dlq::index(state, c),
+        Command::SetDlqState(c) => dlq::set_state(state, c),
+        Command::ExpireDlq(c) => dlq::expire(state, c),
         Command::Batch(cmds) => {
             let mut outcomes = Vec::with_capacity(cmds.len());
             let mut touched = Vec::new();

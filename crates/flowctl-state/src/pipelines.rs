@@ -131,6 +131,7 @@ pub(crate) fn delete_pipeline(state: &mut State, c: &DeletePipeline) -> (Outcome
             if state.runtime.remove(&c.name).is_some() {
                 touched.push(Touched::Runtime(c.name.clone()));
             }
+            touched.extend(crate::dlq::drop_pipeline(state, &c.name));
             (
                 Outcome::PipelineDeleted {
                     name: c.name.clone(),

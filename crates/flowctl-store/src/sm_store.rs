@@ -23,6 +23,8 @@ const REMOVED_PREFIX: &str = "r/";
 const COMPONENT_PREFIX: &str = "c/";
 const PLACEMENT_PREFIX: &str = "l/";
 const RUNTIME_PREFIX: &str = "x/";
+const DLQ_ENTRY_PREFIX: &str = "D/";
+const DLQ_OFFSET_PREFIX: &str = "O/";
 const SUBJECT_PREFIX: &str = "S/";
 const SCHEMA_PREFIX: &str = "I/";
 const SCHEMA_META_KEY: &str = "M/schema-registry";
@@ -92,6 +94,14 @@ fn pipeline_key(name: &str) -> Vec<u8> {
     format!("{PIPELINE_PREFIX}{name}").into_bytes()
 }
 
+fn dlq_entry_key(id: &str) -> Vec<u8> {
+    format!("{DLQ_ENTRY_PREFIX}{id}").into_bytes()
+}
+
+fn dlq_offset_key(k: &str) -> Vec<u8> {
+    format!("{DLQ_OFFSET_PREFIX}{k}").into_bytes()
+}
+
 fn subject_key(name: &str) -> Vec<u8> {
     format!("{SUBJECT_PREFIX}{name}").into_bytes()
 }
@@ -129,6 +139,12 @@ impl StateMachineStore {
             } else if let Some(name) = key.strip_prefix(PLACEMENT_PREFIX) {
                 let p = codec::decode("placement", &v).map_err(sm_read)?;
                 inner.state.placements.insert(name.to_owned(), p);
+            } else if let Some(id) = key.strip_prefix(DLQ_ENTRY_PREFIX) {
+                let e = codec::decode("DLQ entry", &v).map_err(sm_read)?;
+                inner.state.dlq.entries.insert(id.to_owned(), e);
+            } else if let Some(k) = key.strip_prefix(DLQ_OFFSET_PREFIX) {
+                let o = codec::decode("DLQ offset", &v).map_err(sm_read)?;
+                inner.state.dlq.offsets.insert(k.to_owned(), o);
             } else if let Some(name) = key.strip_prefix(SUBJECT_PREFIX) {
                 let subject = codec::decode("schema subject", &v).map_err(sm_read)?;
                 inner
@@ -286,6 +302,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         ),
                         None => batch.delete_cf(sm, placement_key(&name)),
                     },
+                    Touched::DlqEntry(id) => match g.state.dlq.entries.get(&id) {
+                        Some(x) => batch.put_cf(
+                            sm,
+                            dlq_entry_key(&id),
+                            codec::encode("DLQ entry", x).map_err(sm_write)?,
+                        ),
+                        None => batch.delete_cf(sm, dlq_entry_key(&id)),
+                    },
+                    Touched::DlqOffset(k) => match g.state.dlq.offsets.get(&k) {
+                        Some(x) => batch.put_cf(
+                            sm,
+                            dlq_offset_key(&k),
+                            codec::encode("DLQ offset", x).map_err(sm_write)?,
+                        ),
+                        None => batch.delete_cf(sm, dlq_offset_key(&k)),
+                    },
                     Touched::Subject(name) => match g.state.schemas.subjects.get(&name) {
                         Some(x) => batch.put_cf(
                             sm,
@@ -424,6 +456,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     sm,
                     placement_key(name),
                     codec::encode("placement", p).map_err(sm_write)?,
+                );
+            }
+            for (id, x) in &state2.dlq.entries {
+                batch.put_cf(
+                    sm,
+                    dlq_entry_key(id),
+                    codec::encode("DLQ entry", x).map_err(sm_write)?,
+                );
+            }
+            for (k, x) in &state2.dlq.offsets {
+                batch.put_cf(
+                    sm,
+                    dlq_offset_key(k),
+                    codec::encode("DLQ offset", x).map_err(sm_write)?,
                 );
             }
             for (name, x) in &state2.schemas.subjects {
