@@ -836,7 +836,7 @@ pub struct LogsArgs {
 }
 
 /// Parses `30s`, `10m`, `2h` or `1d`.
-fn parse_since(s: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_since(s: &str) -> anyhow::Result<Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
         .parse()

@@ -2,6 +2,8 @@
 //! client of any node of a cluster.
 
 mod commands;
+mod dev_cmd;
+mod dlq_cmds;
 mod output;
 mod schema_cmds;
 mod server_cmd;
@@ -73,6 +75,11 @@ enum Command {
         #[arg(long)]
         allow_unregistered_types: bool,
     },
+    /// The dead-letter index: list, show, replay and discard failed records.
+    Dlq {
+        #[command(subcommand)]
+        what: dlq_cmds::DlqCmd,
+    },
     /// The schema registry: push, check, list, get, diff, delete, compatibility modes.
     Schemas {
         #[command(subcommand)]
@@ -115,6 +122,11 @@ enum Command {
     },
     /// Draw a pipeline file's DAG (offline) as SVG, DOT, Mermaid or text.
     Graph(spec_cmds::GraphArgs),
+    /// A local development environment: cluster, broker, example pipeline.
+    Dev {
+        #[command(subcommand)]
+        what: dev_cmd::DevCmd,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,6 +188,8 @@ fn main() -> ExitCode {
                 allow_unregistered_types,
             } => commands::apply(&cli.global, &file, dry_run, allow_unregistered_types).await,
             Command::Schemas { what } => schema_cmds::run(&cli.global, what).await,
+            Command::Dev { what } => dev_cmd::run(&cli.global, what).await,
+            Command::Dlq { what } => dlq_cmds::run(&cli.global, what).await,
             Command::Get {
                 what: GetWhat::Pipelines,
             } => commands::get_pipelines(&cli.global).await,

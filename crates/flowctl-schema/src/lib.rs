@@ -60,7 +60,7 @@ pub use compat::{check, check_deleted_references, CompatibilityMode, Rule, Viola
 pub use compile::{compile, Compiled};
 pub use diff::{diff, Change, ChangeKind};
 pub use error::Error;
-pub use subject::{check_size, descriptor_json, fingerprint, subjects, SubjectSchema};
+pub use subject::{check_size, decode_json, descriptor_json, fingerprint, subjects, SubjectSchema};
 
 /// The largest schema accepted: an input file, a push, or one subject's descriptors plus
 /// source text. Real schemas are a few KiB; this bounds what one push can make the

@@ -235,6 +235,21 @@ pub fn descriptor_json(schema: &SubjectSchema) -> Result<serde_json::Value, Erro
     })
 }
 
+/// Decodes `payload`, a message of the subject, into protobuf JSON (for `dlq show`). Unknown
+/// fields are dropped; a payload that is not a valid encoding is an error naming the subject.
+pub fn decode_json(schema: &SubjectSchema, payload: &[u8]) -> Result<serde_json::Value, Error> {
+    let desc = schema.load()?;
+    let msg =
+        prost_reflect::DynamicMessage::decode(desc, payload).map_err(|source| Error::Decode {
+            what: format!("a {} payload", schema.subject),
+            source,
+        })?;
+    serde_json::to_value(&msg).map_err(|err| Error::Descriptor {
+        what: schema.subject.clone(),
+        message: err.to_string(),
+    })
+}
+
 /// The messages and enums that a check looks at for one subject, keyed by full name so that
 /// iteration is deterministic.
 #[derive(Default)]

@@ -44,8 +44,84 @@ pub fn choose_id(candidates: &[&str]) -> Result<ComponentId, ServiceError> {
     }
 }
 
-pub async fn register(node: &RaftNode, spec: ComponentSpec) -> Result<Registration, ServiceError> {
+/// Where a registering component's data flows: the pipeline component it is an instance of
+/// (by its id, `component` or `component-<replica>`), its topics and brokers.
+pub struct DataPlane {
+    pub specs: crate::spec_cache::SpecCache,
+    /// `--kafka-brokers`.
+    pub brokers: std::sync::Arc<Vec<String>>,
+}
+
+impl DataPlane {
+    fn lookup(
+        &self,
+        node: &RaftNode,
+        id: &str,
+        hint: Option<&str>,
+    ) -> Option<(Vec<String>, BTreeMap<String, String>)> {
+        let docs: Vec<(String, u64, String)> = node
+            .read_stale(|s| {
+                s.pipelines
+                    .values()
+                    .map(|p| (p.name.clone(), p.generation, p.spec_yaml.clone()))
+                    .collect()
+            })
+            .0;
+        let mut docs = docs;
+        // The pipeline the component names (if it does) is tried first.
+        docs.sort_by_key(|(name, _, _)| Some(name.as_str()) != hint);
+        for (name, generation, yaml) in docs {
+            let Some(spec) = self.specs.get(&name, generation, &yaml) else {
+                continue;
+            };
+            let found = spec.components().find(|(_, c)| {
+                (0..c.replicas).any(|r| {
+                    let iid = if c.replicas > 1 {
+                        format!("{}-{r}", c.id.as_str())
+                    } else {
+                        c.id.as_str().to_owned()
+                    };
+                    iid == id
+                })
+            });
+            let Some((kind, c)) = found else { continue };
+            let inputs: Vec<String> = c
+                .inputs
+                .iter()
+                .map(|i| flowctl_spec::topic_name(&spec, i))
+                .collect();
+            let output = (kind != flowctl_spec::ComponentKind::Sink)
+                .then(|| flowctl_spec::topic_name(&spec, &c.id));
+            let dlq = flowctl_spec::dlq_topic_name(&spec);
+            let brokers = if spec.spec().bus.brokers.is_empty() {
+                self.brokers.join(",")
+            } else {
+                spec.spec().bus.brokers.join(",")
+            };
+            let mut topics = inputs.clone();
+            topics.extend(output.clone());
+            topics.push(dlq.clone());
+            let mut info = BTreeMap::new();
+            info.insert("pipeline".to_owned(), name.clone());
+            info.insert("kafka_brokers".to_owned(), brokers);
+            info.insert("input_topics".to_owned(), inputs.join(","));
+            if let Some(o) = output {
+                info.insert("output_topic".to_owned(), o);
+            }
+            info.insert("dlq_topic".to_owned(), dlq);
+            return Some((topics, info));
+        }
+        None
+    }
+}
+
+pub async fn register(
+    node: &RaftNode,
+    data: &DataPlane,
+    spec: ComponentSpec,
+) -> Result<Registration, ServiceError> {
     let id = spec.id.clone();
+    let hint = spec.metadata.get("pipeline").cloned();
     let applied = node
         .propose(Command::RegisterComponent(Register {
             spec,
@@ -64,10 +140,15 @@ pub async fn register(node: &RaftNode, spec: ComponentSpec) -> Result<Registrati
     if let Some((_, addr)) = node.leader() {
         info.insert("control_plane_leader".to_owned(), addr);
     }
-    // Kafka topics and brokers join this once pipelines are deployed (the deployment issue).
+    // A component of a stored pipeline learns its topics and brokers.
+    let mut topics = Vec::new();
+    if let Some((t, more)) = data.lookup(node, &id.0, hint.as_deref()) {
+        topics = t;
+        info.extend(more);
+    }
     Ok(Registration {
         id,
-        topics: Vec::new(),
+        topics,
         connection_info: info,
     })
 }

@@ -112,6 +112,9 @@ async fn run_scheduler(
     cancel: CancellationToken,
 ) {
     let mut last_ok: HashMap<u64, Instant> = HashMap::new();
+    // Pipelines (name, generation) whose topics exist; a failure is reported once.
+    let mut topics_ready: HashSet<(String, u64)> = HashSet::new();
+    let mut topics_failed: HashSet<(String, u64)> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -121,6 +124,8 @@ async fn run_scheduler(
         }
         if !node.is_leader() {
             last_ok.clear();
+            topics_ready.clear();
+            topics_failed.clear();
             continue;
         }
         let st = node.status();
@@ -198,6 +203,37 @@ async fn run_scheduler(
                 continue;
             }
             let old = placements.get(name);
+            // Topics first, so that instances find them when they start.
+            let key = (name.clone(), generation);
+            if old.is_none_or(|o| o.generation != generation) && !topics_ready.contains(&key) {
+                match ensure_topics(&spec, &opts).await {
+                    Ok(()) => {
+                        topics_ready.insert(key);
+                    }
+                    Err(e) => {
+                        tracing::warn!(pipeline = %name, error = %e, "pipeline topics not created; will retry");
+                        if topics_failed.insert(key) {
+                            let event = Command::ReportRuntime(ReportRuntime {
+                                node: NodeId(node.id()),
+                                pipelines: vec![PipelineReport {
+                                    pipeline: name.clone(),
+                                    instances: Vec::new(),
+                                    events: vec![RuntimeEvent {
+                                        at_ms: now_ms(),
+                                        node: NodeId(node.id()),
+                                        instance: String::new(),
+                                        reason: "TopicsFailed".into(),
+                                        message: e,
+                                        warning: true,
+                                    }],
+                                }],
+                            });
+                            let _ = node.propose(event).await;
+                        }
+                        continue;
+                    }
+                }
+            }
             let mut instances = BTreeMap::new();
             for (_, c) in spec.components() {
                 for r in 0..c.replicas {
@@ -273,6 +309,38 @@ async fn run_scheduler(
             }
         }
     }
+}
+
+/// Creates the pipeline's topics (one per producing component, and its DLQ) when it has
+/// brokers; partitions and replication come from `spec.bus`.
+async fn ensure_topics(spec: &ValidatedPipeline, opts: &DeployOptions) -> Result<(), String> {
+    let brokers = opts.brokers_of(spec);
+    if brokers.is_empty() {
+        return Ok(());
+    }
+    let bus = &spec.spec().bus;
+    let mut names: Vec<String> = spec
+        .components()
+        .filter(|(kind, _)| *kind != flowctl_spec::ComponentKind::Sink)
+        .map(|(_, c)| flowctl_spec::topic_name(spec, &c.id))
+        .collect();
+    names.push(flowctl_spec::dlq_topic_name(spec));
+    let topics: Vec<flowctl_bus::TopicSpec> = names
+        .into_iter()
+        .map(|n| {
+            let mut t = flowctl_bus::TopicSpec::new(n);
+            if let Some(p) = bus.partitions {
+                t = t.with_partitions(p);
+            }
+            if let Some(r) = bus.replication_factor {
+                t = t.with_replication_factor(r);
+            }
+            t
+        })
+        .collect();
+    flowctl_bus::ensure_topics(&brokers.join(","), &topics, Duration::from_secs(15))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,6 +14,9 @@ pub enum ServiceError {
     NotFound(String),
     #[error("{0}")]
     Overloaded(String),
+    /// A dependency (Kafka) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
     /// A concurrent change won; the request may be retried.
     #[error("{0}")]
     Conflict(String),
@@ -65,6 +68,7 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::NotFound(m) => tonic::Status::not_found(m),
             ServiceError::Overloaded(m) => tonic::Status::resource_exhausted(m),
             ServiceError::Conflict(m) => tonic::Status::aborted(m),
+            ServiceError::Unavailable(m) => tonic::Status::unavailable(m),
             ServiceError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             ServiceError::Raft(r) => flowctl_raft::error_to_status(&r),
             ServiceError::Unexpected(m) => {

@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod components;
 pub mod config;
 pub mod deploy;
+pub mod dlq;
 pub mod errors;
 mod grpc_metrics;
 mod http;
@@ -123,6 +124,14 @@ pub async fn run(
         loops.clone(),
         &tracker,
     );
+    dlq::start(
+        node.clone(),
+        specs.clone(),
+        cfg.kafka_brokers.clone(),
+        cfg.dlq_retention,
+        loops.clone(),
+        &tracker,
+    );
 
     // gRPC first: a joining node must already answer the leader's AppendEntries.
     let grpc = {
@@ -131,8 +140,16 @@ pub async fn run(
         let stop = grpc_stop.clone();
         let max = cfg.max_request_bytes;
         let data_dir = cfg.data_dir.clone();
+        let dlq_api = dlq::DlqApi {
+            node: node.clone(),
+            specs: specs.clone(),
+            brokers: Arc::new(cfg.kafka_brokers.clone()),
+        };
         tracker.spawn(async move {
-            serve_grpc(listener, node, live, specs, data_dir, cluster_id, max, stop).await
+            serve_grpc(
+                listener, node, live, specs, data_dir, cluster_id, max, dlq_api, stop,
+            )
+            .await
         })
     };
     if let Some(l) = metrics_listener {
@@ -209,6 +226,7 @@ async fn serve_grpc(
     data_dir: std::path::PathBuf,
     cluster_id: Arc<RwLock<String>>,
     max_request_bytes: usize,
+    dlq_api: dlq::DlqApi,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let api = api::Api {
@@ -227,9 +245,17 @@ async fn serve_grpc(
     )
     .max_decoding_message_size(max_request_bytes)
     .max_encoding_message_size(64 * 1024 * 1024);
+    let dlq_svc =
+        flowctl_proto::admin::v1::dlq_service_server::DlqServiceServer::new(dlq_api.clone())
+            .max_decoding_message_size(max_request_bytes)
+            .max_encoding_message_size(64 * 1024 * 1024);
     let apis = wire::ComponentApis {
         node: node.clone(),
         live: live.clone(),
+        data: Arc::new(components::DataPlane {
+            specs: dlq_api.specs.clone(),
+            brokers: dlq_api.brokers.clone(),
+        }),
     };
     let legacy_api =
         flowctl_proto::legacy::control_plane_server::ControlPlaneServer::new(apis.clone())
@@ -277,6 +303,7 @@ async fn serve_grpc(
         .add_service(pipelines)
         .add_service(clusters)
         .add_service(schema_api)
+        .add_service(dlq_svc)
         .add_service(legacy_api)
         .add_service(v1_api)
         .add_service(components_api)

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 pub struct ComponentApis {
     pub node: RaftNode,
     pub live: LivenessHandle,
+    pub data: std::sync::Arc<components::DataPlane>,
 }
 
 fn ts(ms: u64) -> Option<prost_types::Timestamp> {
@@ -159,7 +160,7 @@ impl legacy::control_plane_server::ControlPlane for ComponentApis {
             max_inflight: info.max_inflight,
             metadata: info.metadata.into_iter().collect(),
         };
-        let reg = components::register(&self.node, spec).await?;
+        let reg = components::register(&self.node, &self.data, spec).await?;
         Ok(Response::new(legacy::RegistrationAck {
             service_id: reg.id.0,
             topic_names: reg.topics,
@@ -234,7 +235,7 @@ impl v1::control_plane_service_server::ControlPlaneService for ComponentApis {
             max_inflight: 0,
             metadata: c.metadata.into_iter().collect(),
         };
-        let reg = components::register(&self.node, spec).await?;
+        let reg = components::register(&self.node, &self.data, spec).await?;
         Ok(Response::new(v1::RegisterResponse {
             service_id: reg.id.0,
             assigned_topics: reg.topics,

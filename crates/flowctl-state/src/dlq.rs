@@ -5,7 +5,8 @@
 //! advance ([`IndexDlq`]), in one command. The command says which offset it read from; apply
 //! refuses it when the stored offset differs (another leader indexed those records already),
 //! so after a failover the new leader resumes at the replicated offset and nothing is indexed
-//! twice or skipped. Entry ids are derived from the DLQ coordinates, so they are stable.
+//! twice or skipped. An entry's id is derived from the coordinates of the failed input record,
+//! so a record that fails again after a redelivery counts as another attempt of one entry.
 
 use crate::{Outcome, Rejection, State, Touched};
 use serde::{Deserialize, Serialize};
@@ -87,7 +88,7 @@ pub struct DlqEntry {
     pub updated_ms: u64,
 }
 
-/// A stable entry id from the DLQ coordinates (FNV-1a, 64 bits, hex).
+/// A stable entry id from a record's coordinates (FNV-1a, 64 bits, hex).
 pub fn entry_id(topic: &str, partition: i32, offset: i64) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in topic
@@ -151,10 +152,19 @@ pub(crate) fn index(state: &mut State, c: &IndexDlq) -> (Outcome, Vec<Touched>) 
     let mut touched = vec![Touched::DlqOffset(key.clone())];
     let mut added = 0;
     for e in &c.entries {
-        if !state.dlq.entries.contains_key(&e.id) {
-            state.dlq.entries.insert(e.id.clone(), e.clone());
-            touched.push(Touched::DlqEntry(e.id.clone()));
-            added += 1;
+        match state.dlq.entries.get_mut(&e.id) {
+            // The same input failed again (redelivered after a restart): one more attempt.
+            Some(old) if old.dlq != e.dlq => {
+                old.attempts += 1;
+                old.updated_ms = e.updated_ms;
+                touched.push(Touched::DlqEntry(e.id.clone()));
+            }
+            Some(_) => {}
+            None => {
+                state.dlq.entries.insert(e.id.clone(), e.clone());
+                touched.push(Touched::DlqEntry(e.id.clone()));
+                added += 1;
+            }
         }
     }
     state.dlq.offsets.insert(key, c.next);
@@ -289,6 +299,23 @@ mod tests {
         assert_eq!(o, Outcome::DlqIndexed { added: 1 });
         assert_eq!(s.dlq.entries.len(), 3);
         assert_eq!(s.dlq.offsets["flowctl.p.dlq/0"], 3);
+        // The same input failing again (a new dead letter at offset 3) is one more attempt.
+        let mut again = entry(2);
+        again.dlq.offset = 3;
+        let (o, _) = apply(
+            &mut s,
+            4,
+            &Command::IndexDlq(IndexDlq {
+                topic: "flowctl.p.dlq".into(),
+                partition: 0,
+                from: Some(3),
+                next: 4,
+                entries: vec![again],
+            }),
+        );
+        assert_eq!(o, Outcome::DlqIndexed { added: 0 });
+        assert_eq!(s.dlq.entries.len(), 3);
+        assert_eq!(s.dlq.entries[&entry(2).id].attempts, 2);
     }
 
     #[test]
