@@ -17,6 +17,7 @@ pub mod dlq;
 pub mod ids;
 pub mod pipelines;
 pub mod placements;
+pub mod replay;
 pub mod runtime;
 pub mod schemas;
 
@@ -35,7 +36,9 @@ pub enum Command {
     /// Delete a pipeline by name.
     DeletePipeline(pipelines::DeletePipeline),
     /// Record that a node left the cluster, so that its id is never admitted again.
-    RecordNodeRemoved { node_id: NodeId },
+    RecordNodeRemoved {
+        node_id: NodeId,
+    },
     /// Register (or re-register) a component.
     RegisterComponent(components::Register),
     /// Remove a component (unregistered by itself, or expired by the leader).
@@ -58,6 +61,12 @@ pub enum Command {
     SetDlqState(dlq::SetDlqState),
     /// Retention of the DLQ index.
     ExpireDlq(dlq::ExpireDlq),
+    /// Range replay jobs.
+    CreateReplay(replay::CreateReplay),
+    AssignChunks(replay::AssignChunks),
+    ReportChunk(replay::ReportChunk),
+    RequeueChunks(replay::RequeueChunks),
+    ControlReplay(replay::ControlReplay),
     /// Several commands proposed together as one log entry (the leader batches concurrent
     /// proposals). They apply in order; each gets its own outcome.
     Batch(Vec<Command>),
@@ -122,6 +131,19 @@ pub enum Outcome {
     DlqExpired {
         removed: usize,
     },
+    ReplayCreated {
+        job: String,
+        chunks: u32,
+    },
+    ChunksChanged {
+        changed: Vec<u32>,
+    },
+    ChunkReport {
+        accepted: bool,
+    },
+    ReplayControlled {
+        state: String,
+    },
     Rejected(Rejection),
     /// The outcomes of a [`Command::Batch`], in order.
     Batch(Vec<Outcome>),
@@ -140,6 +162,8 @@ pub enum Touched {
     SchemaMeta,
     DlqEntry(String),
     DlqOffset(String),
+    ReplayJob(String),
+    ReplayChunk(String, u32),
 }
 
 /// The whole replicated application state.
@@ -161,6 +185,9 @@ pub struct State {
     /// The dead-letter index.
     #[serde(default, skip_serializing_if = "dlq::DlqIndex::is_empty")]
     pub dlq: dlq::DlqIndex,
+    /// Range replay jobs.
+    #[serde(default, skip_serializing_if = "replay::ReplayJobs::is_empty")]
+    pub replays: replay::ReplayJobs,
     /// Index of pipeline ids to names: derived from `pipelines`, never persisted. `apply`
     /// rebuilds it when it is out of step (after decoding or loading from disk).
     #[serde(skip)]
@@ -177,6 +204,7 @@ impl PartialEq for State {
             && self.runtime == other.runtime
             && self.schemas == other.schemas
             && self.dlq == other.dlq
+            && self.replays == other.replays
     }
 }
 
@@ -198,6 +226,11 @@ pub fn apply(state: &mut State, index: u64, cmd: &Command) -> (Outcome, Vec<Touc
         Command::IndexDlq(c) => dlq::index(state, c),
         Command::SetDlqState(c) => dlq::set_state(state, c),
         Command::ExpireDlq(c) => dlq::expire(state, c),
+        Command::CreateReplay(c) => replay::create(state, c),
+        Command::AssignChunks(c) => replay::assign(state, c),
+        Command::ReportChunk(c) => replay::report(state, c),
+        Command::RequeueChunks(c) => replay::requeue(state, c),
+        Command::ControlReplay(c) => replay::control(state, c),
         Command::Batch(cmds) => {
             let mut outcomes = Vec::with_capacity(cmds.len());
             let mut touched = Vec::new();

@@ -132,6 +132,7 @@ pub(crate) fn delete_pipeline(state: &mut State, c: &DeletePipeline) -> (Outcome
                 touched.push(Touched::Runtime(c.name.clone()));
             }
             touched.extend(crate::dlq::drop_pipeline(state, &c.name));
+            touched.extend(crate::replay::pipeline_deleted(state, &c.name));
             (
                 Outcome::PipelineDeleted {
                     name: c.name.clone(),

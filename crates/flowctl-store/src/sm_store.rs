@@ -23,6 +23,8 @@ const REMOVED_PREFIX: &str = "r/";
 const COMPONENT_PREFIX: &str = "c/";
 const PLACEMENT_PREFIX: &str = "l/";
 const RUNTIME_PREFIX: &str = "x/";
+const REPLAY_JOB_PREFIX: &str = "Q/";
+const REPLAY_CHUNK_PREFIX: &str = "K/";
 const DLQ_ENTRY_PREFIX: &str = "D/";
 const DLQ_OFFSET_PREFIX: &str = "O/";
 const SUBJECT_PREFIX: &str = "S/";
@@ -94,6 +96,14 @@ fn pipeline_key(name: &str) -> Vec<u8> {
     format!("{PIPELINE_PREFIX}{name}").into_bytes()
 }
 
+fn replay_job_key(id: &str) -> Vec<u8> {
+    format!("{REPLAY_JOB_PREFIX}{id}").into_bytes()
+}
+
+fn replay_chunk_key(id: &str, index: u32) -> Vec<u8> {
+    format!("{REPLAY_CHUNK_PREFIX}{id}/{index:010}").into_bytes()
+}
+
 fn dlq_entry_key(id: &str) -> Vec<u8> {
     format!("{DLQ_ENTRY_PREFIX}{id}").into_bytes()
 }
@@ -139,6 +149,21 @@ impl StateMachineStore {
             } else if let Some(name) = key.strip_prefix(PLACEMENT_PREFIX) {
                 let p = codec::decode("placement", &v).map_err(sm_read)?;
                 inner.state.placements.insert(name.to_owned(), p);
+            } else if key.starts_with(REPLAY_JOB_PREFIX) {
+                let j: flowctl_state::replay::Job =
+                    codec::decode("replay job", &v).map_err(sm_read)?;
+                inner.state.replays.jobs.insert(j.id.clone(), j);
+            } else if let Some(rest) = key.strip_prefix(REPLAY_CHUNK_PREFIX) {
+                let c: flowctl_state::replay::Chunk =
+                    codec::decode("replay chunk", &v).map_err(sm_read)?;
+                let job = rest.rsplit_once('/').map(|(j, _)| j).unwrap_or(rest);
+                inner
+                    .state
+                    .replays
+                    .chunks
+                    .entry(job.to_owned())
+                    .or_default()
+                    .insert(c.index, c);
             } else if let Some(id) = key.strip_prefix(DLQ_ENTRY_PREFIX) {
                 let e = codec::decode("DLQ entry", &v).map_err(sm_read)?;
                 inner.state.dlq.entries.insert(id.to_owned(), e);
@@ -302,6 +327,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         ),
                         None => batch.delete_cf(sm, placement_key(&name)),
                     },
+                    Touched::ReplayJob(id) => match g.state.replays.jobs.get(&id) {
+                        Some(x) => batch.put_cf(
+                            sm,
+                            replay_job_key(&id),
+                            codec::encode("replay job", x).map_err(sm_write)?,
+                        ),
+                        None => batch.delete_cf(sm, replay_job_key(&id)),
+                    },
+                    Touched::ReplayChunk(id, i) => {
+                        match g.state.replays.chunks.get(&id).and_then(|c| c.get(&i)) {
+                            Some(x) => batch.put_cf(
+                                sm,
+                                replay_chunk_key(&id, i),
+                                codec::encode("replay chunk", x).map_err(sm_write)?,
+                            ),
+                            None => batch.delete_cf(sm, replay_chunk_key(&id, i)),
+                        }
+                    }
                     Touched::DlqEntry(id) => match g.state.dlq.entries.get(&id) {
                         Some(x) => batch.put_cf(
                             sm,
@@ -457,6 +500,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     placement_key(name),
                     codec::encode("placement", p).map_err(sm_write)?,
                 );
+            }
+            for (id, j) in &state2.replays.jobs {
+                batch.put_cf(
+                    sm,
+                    replay_job_key(id),
+                    codec::encode("replay job", j).map_err(sm_write)?,
+                );
+            }
+            for (id, chunks) in &state2.replays.chunks {
+                for (i, c) in chunks {
+                    batch.put_cf(
+                        sm,
+                        replay_chunk_key(id, *i),
+                        codec::encode("replay chunk", c).map_err(sm_write)?,
+                    );
+                }
             }
             for (id, x) in &state2.dlq.entries {
                 batch.put_cf(

@@ -294,6 +294,33 @@ async fn every_record_kind_survives_reopen_and_snapshot_install() {
                 at_ms: 6,
             }),
         ),
+        entry(
+            7,
+            Command::CreateReplay(flowctl_state::replay::CreateReplay {
+                job: flowctl_state::replay::Job {
+                    id: "rj-1".into(),
+                    pipeline: "p1".into(),
+                    source: "src".into(),
+                    from_ledger: 1,
+                    to_ledger: 200,
+                    chunk_size: 64,
+                    max_parallel: 2,
+                    max_attempts: 3,
+                    state: flowctl_state::replay::JobState::Running,
+                    created_ms: 7,
+                    updated_ms: 7,
+                    records: 0,
+                },
+            }),
+        ),
+        entry(
+            8,
+            Command::AssignChunks(flowctl_state::replay::AssignChunks {
+                job: "rj-1".into(),
+                assignments: vec![(1, "src-0".into())],
+                at_ms: 8,
+            }),
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     let expected = {
@@ -304,6 +331,8 @@ async fn every_record_kind_survives_reopen_and_snapshot_install() {
     assert_eq!(expected.runtime["p1"].instances["a/0"].restarts, 2);
     assert_eq!(expected.schemas.subjects["x.Ev"].versions.len(), 1);
     assert_eq!(expected.dlq.entries.len(), 2);
+    assert_eq!(expected.replays.chunks["rj-1"].len(), 4);
+    assert_eq!(expected.replays.chunks["rj-1"][&1].attempt, 1);
     let (_log, mut sm) = open(dir.path(), StoreOptions::default()).unwrap();
     assert_eq!(sm.reader().read(|s, _| s.clone()), expected);
 
