@@ -592,7 +592,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         }
         // The logs explain a failed start, so a temporary directory is kept then.
         Err(e) if dir.as_os_str().is_empty() => Err(e),
-        Err(e) => Err(e.context(format!("logs are in {}", dir.display()))),
+        Err(e) => Err(anyhow::anyhow!("{e:#} (logs are in {})", dir.display())),
     }
 }
 
@@ -1432,6 +1432,7 @@ async fn down() -> anyhow::Result<()> {
     let running: Vec<(String, u32, bool)> = state.processes();
     if running.iter().all(|(_, _, a)| !a) {
         remove_if_exists(&path)?;
+        remove_temp_dir(&state);
         println!(
             "no development environment is running (removed the stale state file of pid {})",
             state.pid
@@ -1478,6 +1479,7 @@ async fn down() -> anyhow::Result<()> {
         println!("killed pids {stuck:?}, which did not stop within {DOWN_TIMEOUT:?}");
     }
     release_state(&path, state.pid);
+    remove_temp_dir(&state);
     println!(
         "development environment stopped (dev up pid {}, nodes {})",
         state.pid,
@@ -1489,6 +1491,20 @@ async fn down() -> anyhow::Result<()> {
             .join(", ")
     );
     Ok(())
+}
+
+/// Removes the temporary directory of an environment whose `dev up` did not (it was killed),
+/// but only one that `dev up` made: a state file must not be able to name any directory.
+fn remove_temp_dir(state: &DevState) {
+    let made_by_dev_up = state.dir_is_temp
+        && state.dir.parent() == Some(std::env::temp_dir().as_path())
+        && state
+            .dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("flowctl-dev-"));
+    if made_by_dev_up {
+        let _ = std::fs::remove_dir_all(&state.dir);
+    }
 }
 
 #[cfg(test)]
