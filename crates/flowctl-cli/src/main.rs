@@ -5,6 +5,7 @@ mod commands;
 mod dev_cmd;
 mod dlq_cmds;
 mod output;
+mod replay_cmds;
 mod schema_cmds;
 mod server_cmd;
 mod spec_cmds;
@@ -75,6 +76,8 @@ enum Command {
         #[arg(long)]
         allow_unregistered_types: bool,
     },
+    /// Replay a ledger range through a pipeline's source, in chunks, resumably.
+    Replay(replay_cmds::ReplayArgs),
     /// The dead-letter index: list, show, replay and discard failed records.
     Dlq {
         #[command(subcommand)]
@@ -190,6 +193,7 @@ fn main() -> ExitCode {
             Command::Schemas { what } => schema_cmds::run(&cli.global, what).await,
             Command::Dev { what } => dev_cmd::run(&cli.global, what).await,
             Command::Dlq { what } => dlq_cmds::run(&cli.global, what).await,
+            Command::Replay(args) => replay_cmds::run(&cli.global, args).await,
             Command::Get {
                 what: GetWhat::Pipelines,
             } => commands::get_pipelines(&cli.global).await,

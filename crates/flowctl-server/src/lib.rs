@@ -28,6 +28,7 @@ pub mod liveness;
 pub mod logs;
 pub mod node_meta;
 pub mod pipelines;
+pub mod replay;
 pub mod schemas;
 pub mod spec_cache;
 pub mod wire;
@@ -124,6 +125,7 @@ pub async fn run(
         loops.clone(),
         &tracker,
     );
+    replay::start(node.clone(), specs.clone(), loops.clone(), &tracker);
     dlq::start(
         node.clone(),
         specs.clone(),
@@ -249,6 +251,14 @@ async fn serve_grpc(
         flowctl_proto::admin::v1::dlq_service_server::DlqServiceServer::new(dlq_api.clone())
             .max_decoding_message_size(max_request_bytes)
             .max_encoding_message_size(64 * 1024 * 1024);
+    let replay_svc = flowctl_proto::admin::v1::replay_service_server::ReplayServiceServer::new(
+        replay::ReplayApi {
+            node: node.clone(),
+            specs: dlq_api.specs.clone(),
+        },
+    )
+    .max_decoding_message_size(max_request_bytes)
+    .max_encoding_message_size(64 * 1024 * 1024);
     let apis = wire::ComponentApis {
         node: node.clone(),
         live: live.clone(),
@@ -304,6 +314,7 @@ async fn serve_grpc(
         .add_service(clusters)
         .add_service(schema_api)
         .add_service(dlq_svc)
+        .add_service(replay_svc)
         .add_service(legacy_api)
         .add_service(v1_api)
         .add_service(components_api)
