@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Code;
 
+use crate::chunks::{ChunkCommands, ChunkReport, Chunks};
 use crate::component::{ComponentDescription, HealthStatus};
 use crate::config::AgentConfig;
 use crate::control_plane::{ControlPlane, RegisterInput, Registration, ServiceId};
@@ -40,6 +41,7 @@ pub(crate) struct Shared {
     pub(crate) registration: watch::Sender<Option<Registration>>,
     pub(crate) started: Instant,
     pub(crate) health_addr: SocketAddr,
+    pub(crate) chunks: Chunks,
 }
 
 impl Shared {
@@ -94,6 +96,16 @@ impl Agent {
         } else {
             None
         };
+        // Range replay commands get their own connections, so that a long-lived stream and
+        // heartbeats never queue behind each other.
+        let chunk_client = if config.enabled {
+            Some(
+                flowctl_client::Client::new(&config.endpoints, config.request_timeout)
+                    .map_err(Error::Endpoints)?,
+            )
+        } else {
+            None
+        };
         let listener = tokio::net::TcpListener::bind(config.health_addr)
             .await
             .map_err(|source| Error::BindHealth {
@@ -115,6 +127,7 @@ impl Agent {
             registration: watch::Sender::new(None),
             started: Instant::now(),
             health_addr,
+            chunks: Chunks::new(chunk_client),
         });
 
         let cancel = cancel.child_token();
@@ -204,6 +217,34 @@ impl AgentHandle {
             },
             () = self.cancel.cancelled() => Err(Error::Stopped),
         }
+    }
+
+    /// Opens this instance's range replay commands: one `WatchChunks` stream for the component
+    /// id (`FLOWCTL_COMPONENT_ID`, else the registered service id), kept open across endpoints
+    /// with backoff and jitter until the agent stops, feeding a channel of
+    /// [`CHUNK_COMMAND_CAPACITY`](crate::CHUNK_COMMAND_CAPACITY). A re-sent assignment that
+    /// this process already handed out is not handed out again (see [`crate::chunks`]).
+    ///
+    /// With the control plane disabled the channel never yields a command. It can be opened
+    /// once per agent; a second call is [`Error::ChunksAlreadyWatched`]. The watch task is
+    /// owned by the agent: [`shutdown`](Self::shutdown) waits for it.
+    pub fn chunk_commands(&self) -> Result<ChunkCommands, Error> {
+        let (commands, task) = crate::chunks::open(&self.shared, &self.cancel)?;
+        if let Some(task) = task {
+            self.tracker.spawn(task);
+        }
+        Ok(commands)
+    }
+
+    /// Reports the progress of a chunk attempt; returns whether the control plane accepted it.
+    /// `false` means another attempt owns the chunk: stop working on it.
+    ///
+    /// Any node serves it. Errors another try may fix (`UNAVAILABLE`, timeouts, `ABORTED`,
+    /// `RESOURCE_EXHAUSTED`) are tried again with backoff, at most
+    /// [`REPORT_TRIES`](crate::REPORT_TRIES) times; others (`NOT_FOUND`,
+    /// `FAILED_PRECONDITION`, ...) are returned at once as [`Error::ChunkReport`].
+    pub async fn report_chunk(&self, report: &ChunkReport) -> Result<bool, Error> {
+        crate::chunks::report(&self.shared, &self.cancel, report).await
     }
 
     /// Whether the agent has been told to stop (by [`shutdown`](Self::shutdown) or the token
@@ -381,7 +422,7 @@ async fn register_and_heartbeat(
 }
 
 /// `d` times a random factor in `[1 - spread, 1 + spread]`.
-fn jitter(d: Duration, spread: f64) -> Duration {
+pub(crate) fn jitter(d: Duration, spread: f64) -> Duration {
     let factor = 1.0 + spread * (rand::random::<f64>() * 2.0 - 1.0);
     d.mul_f64(factor.max(0.0))
 }

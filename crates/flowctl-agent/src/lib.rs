@@ -25,6 +25,10 @@
 //! Go flowctl: `flowctl.v1.ControlPlaneService` (default) and the legacy `flowctl.ControlPlane`
 //! (`FLOWCTL_API=legacy`).
 //!
+//! For range replay jobs, [`AgentHandle::chunk_commands`] opens the stream of chunk commands the
+//! control plane assigns to this instance and [`AgentHandle::report_chunk`] reports their
+//! progress (see [`chunks`]).
+//!
 //! What it is not: a data-plane client (it moves no events), a metrics library for the whole
 //! process (its registry holds the component's own counters; it installs no global recorder),
 //! or a supervisor (it never exits or restarts the component).
@@ -35,14 +39,16 @@
 //! - Every control-plane call is bounded by `request_timeout`; every retry loop backs off with
 //!   jitter; health changes bring a heartbeat forward, but at most once per
 //!   [`MIN_HEARTBEAT_GAP`].
-//! - Background work is two tasks owned by a `TaskTracker` under the caller's
-//!   `CancellationToken`; [`AgentHandle::shutdown`] returns only after both ended, and there is
-//!   no queue in the agent, so nothing grows without bound (the metric registry is capped at
-//!   [`MAX_METRICS`] names).
+//! - Background work is two tasks (three with chunk commands) owned by a `TaskTracker` under
+//!   the caller's `CancellationToken`; [`AgentHandle::shutdown`] returns only after all ended.
+//!   The one queue in the agent, of chunk commands, is bounded ([`CHUNK_COMMAND_CAPACITY`]), so
+//!   nothing grows without bound (the metric registry is capped at [`MAX_METRICS`] names, the
+//!   chunk de-duplication at [`REMEMBERED_ASSIGNMENTS`]).
 //! - A re-registration asks for the same service id as the first one, so the component keeps
 //!   its identity across a control-plane restart.
 
 mod agent;
+pub mod chunks;
 mod component;
 mod config;
 mod control_plane;
@@ -52,6 +58,11 @@ mod metrics;
 pub use agent::{
     Agent, AgentHandle, FIRST_REGISTER_BACKOFF, HEARTBEAT_JITTER, MAX_REGISTER_BACKOFF,
     MIN_HEARTBEAT_GAP,
+};
+pub use chunks::{
+    ChunkAttempt, ChunkCommand, ChunkCommands, ChunkProgress, ChunkReport, ReplayJobId,
+    CHUNK_COMMAND_CAPACITY, FIRST_REPORT_BACKOFF, FIRST_WATCH_BACKOFF, MAX_REPORT_BACKOFF,
+    MAX_WATCH_BACKOFF, REMEMBERED_ASSIGNMENTS, REPORT_TRIES,
 };
 pub use component::{ComponentDescription, ComponentKind, HealthStatus};
 pub use config::{
@@ -89,6 +100,18 @@ pub enum Error {
     NotRegistered { waited: Duration },
     #[error("the agent has stopped")]
     Stopped,
+    /// [`AgentHandle::chunk_commands`] was called before on this agent.
+    #[error("this agent's chunk commands are already being watched")]
+    ChunksAlreadyWatched,
+    /// A chunk report was refused (`NOT_FOUND`, `FAILED_PRECONDITION`, ...) or no node took it
+    /// within the tries.
+    #[error("reporting {chunk} failed after {tries} tries ({code:?})", code = .source.code())]
+    ChunkReport {
+        chunk: ChunkAttempt,
+        tries: u32,
+        #[source]
+        source: tonic::Status,
+    },
 }
 
 fn join(problems: &[EnvProblem]) -> String {

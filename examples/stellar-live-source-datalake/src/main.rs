@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use flowctl_agent::{Agent, AgentConfig, CancellationToken, HealthStatus};
-use stellar_live_source_datalake::{description, run_source, SourceConfig};
+use stellar_live_source_datalake::{description, run_replays, run_source, SourceConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -26,16 +26,28 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     tokio::pin!(shutdown);
+    let commands = agent
+        .chunk_commands()
+        .context("while opening the replay chunk commands")?;
     agent.set_health(HealthStatus::Healthy);
+    let live = async {
+        if config.live {
+            let report = run_source(&config, &agent, &cancel).await?;
+            tracing::info!(?report, "ledger range done; idle until stopped");
+        } else {
+            tracing::info!("LIVE=false: serving replay chunks only");
+        }
+        Ok(())
+    };
+    // The replay loop runs until the agent stops, so the work ends only on an error (or
+    // when the agent was stopped some other way); either way, wait for the signal after it.
+    let work = async { tokio::try_join!(live, run_replays(&config, &agent, commands, &cancel)) };
     let result = tokio::select! {
         () = &mut shutdown => Ok(None),
-        r = run_source(&config, &agent, &cancel) => r.map(Some),
+        r = work => r.map(Some),
     };
     match result {
-        Ok(Some(report)) => {
-            tracing::info!(?report, "ledger range done; idle until stopped");
-            shutdown.await;
-        }
+        Ok(Some(_)) => shutdown.await,
         Ok(None) => {}
         Err(e) => {
             agent.set_health(HealthStatus::Unhealthy);

@@ -11,6 +11,7 @@ use flowctl_bus::{BusEnv, Delivered, Envelope, OutRecord, Producer, TopicSpec};
 use prost::Message as _;
 
 use crate::proto::{RawLedgerChunk, RAW_LEDGER_CHUNK_EVENT_TYPE};
+use crate::replay::ReplayConfig;
 use crate::synthetic::Generator;
 
 /// The passphrase when `NETWORK_PASSPHRASE` is not set: Stellar's testnet.
@@ -37,6 +38,9 @@ pub struct SourceConfig {
     pub schema_id: Option<String>,
     /// Continue after the last ledger already in the output topic instead of `start_ledger`.
     pub resume: bool,
+    /// Run the live stream (`LIVE`, default true); false serves chunk commands only.
+    pub live: bool,
+    pub replay: ReplayConfig,
 }
 
 impl SourceConfig {
@@ -74,14 +78,17 @@ impl SourceConfig {
                 }
             },
         };
-        let resume = match get("RESUME").as_deref() {
+        let mut flag = |var: &str| match get(var).as_deref() {
             None | Some("true" | "1") => true,
             Some("false" | "0") => false,
             Some(v) => {
-                problems.push(format!("RESUME={v:?}: expected true or false"));
+                problems.push(format!("{var}={v:?}: expected true or false"));
                 true
             }
         };
+        let resume = flag("RESUME");
+        let live = flag("LIVE");
+        let replay = ReplayConfig::from_vars(get, &mut problems);
         if let Some(end) = end_ledger {
             if end < start_ledger {
                 problems.push(format!(
@@ -116,6 +123,8 @@ impl SourceConfig {
                 .unwrap_or_else(|| "stellar-live-source-datalake".to_owned()),
             schema_id: get("SCHEMA_ID"),
             resume,
+            live,
+            replay,
         })
     }
 }
@@ -135,6 +144,16 @@ pub fn ledger_record(
     config: &SourceConfig,
     sequence: u32,
 ) -> anyhow::Result<OutRecord> {
+    build_record(generator, config, sequence, &config.job_id)
+}
+
+/// The record for one ledger, written for `job_id`.
+pub(crate) fn build_record(
+    generator: &Generator,
+    config: &SourceConfig,
+    sequence: u32,
+    job_id: &str,
+) -> anyhow::Result<OutRecord> {
     let ledger = generator
         .ledger(sequence)
         .with_context(|| format!("while generating ledger {sequence}"))?;
@@ -146,7 +165,7 @@ pub fn ledger_record(
             .with_context(|| format!("while encoding ledger {sequence}"))?,
         network_passphrase: config.network_passphrase.clone(),
         close_time_unix: ledger.close_time_unix,
-        job_id: config.job_id.clone(),
+        job_id: job_id.to_owned(),
     };
     let mut envelope = Envelope::new(RAW_LEDGER_CHUNK_EVENT_TYPE);
     envelope.schema_id = config.schema_id.clone();
@@ -306,6 +325,24 @@ mod tests {
         let c = SourceConfig::from_vars(vars(&[("OUTPUT_TOPIC", "t"), ("START_LEDGER", "10")]))
             .unwrap();
         assert_eq!(c.ledgers_per_second, Some(DEFAULT_UNBOUNDED_PACE));
+        assert!(c.live);
+        assert_eq!(c.replay, ReplayConfig::default());
+    }
+
+    #[test]
+    fn live_can_be_turned_off_for_a_replay_only_source() {
+        let c = SourceConfig::from_vars(vars(&[
+            ("OUTPUT_TOPIC", "t"),
+            ("LIVE", "false"),
+            ("REPLAY_CONCURRENCY", "4"),
+        ]))
+        .unwrap();
+        assert!(!c.live);
+        assert_eq!(c.replay.concurrency, 4);
+        let err = SourceConfig::from_vars(vars(&[("OUTPUT_TOPIC", "t"), ("LIVE", "maybe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LIVE"), "{err}");
     }
 
     #[test]
