@@ -2,10 +2,11 @@
 # Installs what building flowctl needs on a fresh Debian machine (run as root, or with sudo):
 # clang/libclang (bindgen for RocksDB), Debian's librocksdb-dev (linked instead of compiling
 # RocksDB from source), and protobuf-compiler (only the benchmark's etcd client needs protoc;
-# flowctl's own protos are compiled by protox).
+# flowctl's own protos are compiled by protox), and util-linux (setpriv, which `flowctl dev up`
+# uses so that its nodes die with it).
 set -euo pipefail
 
-packages=(clang libclang-dev librocksdb-dev protobuf-compiler curl)
+packages=(clang libclang-dev librocksdb-dev protobuf-compiler curl util-linux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -14,3 +14,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --no-fail-fast
 fi
+# The data-plane test again, against a real Kafka-protocol broker process (tansu).
+./scripts/real-broker-test.sh

@@ -80,6 +80,21 @@ fn essentials(v: &Value) -> (u64, Value, Value) {
     )
 }
 
+/// Equal totals (exact), or at least as many events of every kind (a real broker).
+fn reached(actual: &Value, expected: &Value, exact: bool) -> bool {
+    if exact {
+        return essentials(actual) == essentials(expected);
+    }
+    let kinds = expected["events_by_kind"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    actual["events_total"].as_u64() >= expected["events_total"].as_u64()
+        && kinds
+            .iter()
+            .all(|(k, n)| actual["events_by_kind"][k].as_u64() >= n.as_u64())
+}
+
 fn expected_totals(exclude: &BTreeSet<u32>) -> Value {
     let events: Vec<_> = stellar_live_source_datalake::Generator::new(TESTNET)
         .unwrap()
@@ -138,17 +153,11 @@ fn topic_records(brokers: &str, topic: &str) -> Vec<(i32, i64, u32)> {
         .await
         .unwrap()
         .unwrap();
-        let mut total = 0;
-        for (t, p) in c.partitions().to_vec() {
-            let (low, high) = c.watermarks(&t, p).await.unwrap();
-            total += high - low;
-        }
+        // Read until the topic stays quiet: watermarks are not used, since not every
+        // Kafka-protocol broker reports them per record.
         let mut out = Vec::new();
-        while (out.len() as i64) < total {
-            let r = tokio::time::timeout(Duration::from_secs(20), c.recv())
-                .await
-                .unwrap()
-                .unwrap();
+        while let Ok(r) = tokio::time::timeout(Duration::from_secs(3), c.recv()).await {
+            let r = r.unwrap();
             out.push((r.partition, r.offset, r.ledger_key().unwrap() as u32));
         }
         out
@@ -157,13 +166,26 @@ fn topic_records(brokers: &str, topic: &str) -> Vec<(i32, i64, u32)> {
 
 #[test]
 fn failed_records_are_indexed_once_across_a_leader_kill_and_replays_complete_the_totals() {
-    let broker = EmbeddedBroker::start(1).unwrap();
+    // A real broker when FLOWCTL_TEST_KAFKA_BROKERS names one (scripts/real-broker-test.sh),
+    // else librdkafka's mock cluster in this process.
+    let (embedded, brokers) = match std::env::var("FLOWCTL_TEST_KAFKA_BROKERS") {
+        Ok(b) if !b.is_empty() => (None, b),
+        _ => {
+            let e = EmbeddedBroker::start(1).unwrap();
+            let b = e.bootstrap_servers().to_owned();
+            (Some(e), b)
+        }
+    };
+    // librdkafka's mock broker is exact: idempotent produces, one offset per record. A real
+    // broker without idempotent producers may hold a record twice (a retried produce), so there
+    // every failed ledger must be indexed and the totals must reach at least the expected ones.
+    let exact = embedded.is_some();
     let mut c = Cluster::start(
         3,
         ClusterOptions {
             extra_args: vec![
                 "--kafka-brokers".into(),
-                broker.bootstrap_servers().to_owned(),
+                brokers.clone(),
                 "--node-grace".into(),
                 "3".into(),
                 "--heartbeat-ttl".into(),
@@ -209,7 +231,6 @@ fn failed_records_are_indexed_once_across_a_leader_kill_and_replays_complete_the
     // Wait until the source has emitted its range (so that killing its node cannot make it
     // emit ledgers twice), make the node that runs it the leader, and SIGKILL that leader
     // while the dead letters are being indexed.
-    let brokers = broker.bootstrap_servers().to_owned();
     wait_until(Duration::from_secs(90), || {
         let keys: BTreeSet<u32> = topic_records(&brokers, "flowctl.e2e.source")
             .into_iter()
@@ -248,14 +269,25 @@ fn failed_records_are_indexed_once_across_a_leader_kill_and_replays_complete_the
         failed.len()
     );
     let other = (leader + 1) % 3;
-    // Every failed input record is indexed exactly once.
+    // Every failed input record is indexed exactly once (on a real broker, where the test's
+    // own read of the topic need not match the processor's: every failed ledger is indexed).
     let failed_inputs: BTreeSet<String> = topic_records(&brokers, "flowctl.e2e.source")
         .into_iter()
         .filter(|(_, _, key)| failed.contains(key))
         .map(|(p, o, _)| flowctl_state::dlq::entry_id("flowctl.e2e.source", p, o))
         .collect();
+    let indexed_keys = |c: &Cluster| -> BTreeSet<u32> {
+        dlq_entries(c, other)
+            .values()
+            .map(|(k, _)| k.parse().unwrap())
+            .collect()
+    };
     wait_until(Duration::from_secs(120), || {
-        dlq_entries(&c, other).len() >= failed_inputs.len()
+        if exact {
+            dlq_entries(&c, other).len() >= failed_inputs.len()
+        } else {
+            indexed_keys(&c) == failed
+        }
     })
     .unwrap_or_else(|e| {
         panic!(
@@ -269,7 +301,9 @@ fn failed_records_are_indexed_once_across_a_leader_kill_and_replays_complete_the
     std::thread::sleep(Duration::from_secs(2));
     let entries = dlq_entries(&c, leader);
     let ids: BTreeSet<String> = entries.keys().cloned().collect();
-    assert_eq!(ids, failed_inputs);
+    if exact {
+        assert_eq!(ids, failed_inputs);
+    }
     let keys: BTreeSet<u32> = entries.values().map(|(k, _)| k.parse().unwrap()).collect();
     assert_eq!(keys, failed);
     assert!(entries.values().all(|(_, s)| s == "pending"));
@@ -280,7 +314,7 @@ fn failed_records_are_indexed_once_across_a_leader_kill_and_replays_complete_the
     // The consumer's totals are the expected events minus the failed ledgers.
     let partial = expected_totals(&failed);
     wait_until(Duration::from_secs(60), || {
-        essentials(&read_totals(&totals)) == essentials(&partial)
+        reached(&read_totals(&totals), &partial, exact)
     })
     .unwrap_or_else(|e| panic!("{e}: totals {} want {}", read_totals(&totals), partial));
 
@@ -330,7 +364,7 @@ fn failed_records_are_indexed_once_across_a_leader_kill_and_replays_complete_the
         String::from_utf8_lossy(&out.stderr)
     );
     let results: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(results.as_array().unwrap().len(), failed.len());
+    assert_eq!(results.as_array().unwrap().len(), entries.len());
     assert!(
         results
             .as_array()
@@ -341,7 +375,7 @@ fn failed_records_are_indexed_once_across_a_leader_kill_and_replays_complete_the
     );
     let full = expected_totals(&BTreeSet::new());
     wait_until(Duration::from_secs(60), || {
-        essentials(&read_totals(&totals)) == essentials(&full)
+        reached(&read_totals(&totals), &full, exact)
     })
     .unwrap_or_else(|e| panic!("{e}: totals {} want {}", read_totals(&totals), full));
     // A retried replay publishes nothing again.
@@ -350,7 +384,10 @@ fn failed_records_are_indexed_once_across_a_leader_kill_and_replays_complete_the
     let after = dlq_entries(&c, 1);
     assert!(after.values().all(|(_, s)| s == "replayed"));
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(essentials(&read_totals(&totals)), essentials(&full));
+    assert!(reached(&read_totals(&totals), &full, exact));
+    if exact {
+        assert_eq!(essentials(&read_totals(&totals)), essentials(&full));
+    }
 
     let out = c.flowctl(0, &["delete", "pipeline", "e2e"]).unwrap();
     assert!(out.status.success());
