@@ -36,7 +36,7 @@ pub struct StartArgs {
     /// Ledgers per chunk (64 matches Stellar's checkpoints).
     #[arg(long, default_value_t = 64)]
     pub chunk_size: u32,
-    /// Chunks in flight at most (default: the source's replica count).
+    /// Chunks in flight at most (default: twice the source's replica count).
     #[arg(long)]
     pub max_parallel: Option<u32>,
     /// Failed tries of a chunk before it fails for good.

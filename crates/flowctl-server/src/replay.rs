@@ -27,10 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 const TICK: Duration = Duration::from_millis(500);
+/// The dispatcher and chunk streams look again at most this often.
+const MIN_GAP: Duration = Duration::from_millis(10);
 /// An assigned chunk whose instance has not said RUNNING by then is taken back.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a chunk stream looks for new assignments.
-const WATCH_POLL: Duration = Duration::from_millis(200);
+/// How often a chunk stream looks for new assignments when nothing is committed.
+const WATCH_POLL: Duration = Duration::from_millis(500);
 /// Commands buffered per chunk stream.
 const WATCH_BUFFER: usize = 64;
 pub const DEFAULT_CHUNK_SIZE: u32 = 64;
@@ -89,13 +91,15 @@ pub fn start(
 }
 
 async fn run_dispatcher(node: RaftNode, specs: SpecCache, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Woken by every change of the Raft metrics (a commit, an apply) and at least every
+    // TICK, so that a reported chunk's slot is reused within milliseconds.
+    let mut changes = node.raft().metrics();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tokio::time::timeout(TICK, changes.changed()) => {}
         }
+        tokio::time::sleep(MIN_GAP).await;
         if !node.is_leader() {
             continue;
         }
@@ -550,6 +554,7 @@ impl pb::replay_service_server::ReplayService for ReplayApi {
         }
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         let node = self.node.clone();
+        let mut changes = node.raft().metrics();
         tokio::spawn(async move {
             // (job, chunk) → the attempt sent.
             let mut sent: BTreeMap<(String, u32), (u32, u64, u64)> = BTreeMap::new();
@@ -610,8 +615,9 @@ impl pb::replay_service_server::ReplayService for ReplayApi {
                 sent = current;
                 tokio::select! {
                     _ = tx.closed() => return,
-                    _ = tokio::time::sleep(WATCH_POLL) => {}
+                    _ = tokio::time::timeout(WATCH_POLL, changes.changed()) => {}
                 }
+                tokio::time::sleep(MIN_GAP).await;
             }
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
