@@ -121,6 +121,8 @@ async fn totals_equal_the_expected_events_minus_the_ledgers_in_the_dlq() {
         job_id: "e2e".into(),
         schema_id: None,
         resume: true,
+        live: true,
+        replay: Default::default(),
     };
     let source_agent = agent(stellar_live_source_datalake::description()).await;
     let report = tokio::time::timeout(DEADLINE, run_source(&source_config, &source_agent, &cancel))
