@@ -318,8 +318,8 @@ async fn get(g: &Global, subject: &str, version: &str) -> anyhow::Result<()> {
         Format::Descriptor => std::io::stdout()
             .write_all(&r.descriptor_set)
             .context("cannot write the descriptor set")?,
-        Format::Json => {
-            let v = json!({
+        Format::Json | Format::Yaml => {
+            let mut v = json!({
                 "subject": r.subject,
                 "version": r.version,
                 "id": r.id,
@@ -327,22 +327,14 @@ async fn get(g: &Global, subject: &str, version: &str) -> anyhow::Result<()> {
                 "package": r.package,
                 "file": r.file,
                 "registered_at": rfc3339(ts_ms(&r.registered_at)),
-                "descriptor": flowctl_schema::descriptor_json(&subject_schema(&r))?,
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
-        Format::Yaml => {
-            let v = json!({
-                "subject": r.subject,
-                "version": r.version,
-                "id": r.id,
-                "fingerprint": r.fingerprint,
-                "package": r.package,
-                "file": r.file,
-                "registered_at": rfc3339(ts_ms(&r.registered_at)),
-                "source": r.source,
-            });
-            print!("{}", serde_saphyr::to_string(&v)?);
+            // JSON carries the descriptors; YAML, for people, the source.
+            if g.output == Format::Json {
+                v["descriptor"] = flowctl_schema::descriptor_json(&subject_schema(&r))?;
+            } else {
+                v["source"] = json!(r.source);
+            }
+            print(g.output, &v, |_| Vec::new())?;
         }
         Format::Table | Format::Wide => {
             println!("Subject:      {}", r.subject);

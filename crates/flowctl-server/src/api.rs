@@ -1,8 +1,9 @@
 //! Thin gRPC handlers for the public admin API: decode, call the service layer, encode.
 
+use crate::clock::ts;
 use crate::cluster;
 use crate::errors::ServiceError;
-use crate::pipelines::{self, Consistency};
+use crate::pipelines;
 use flowctl_proto::admin::v1 as pb;
 use flowctl_raft::{RaftNode, ReadMeta};
 use flowctl_state::{ApplyResult, ComponentId, PipelineRecord};
@@ -16,13 +17,6 @@ pub struct Api {
     pub(crate) specs: crate::spec_cache::SpecCache,
 }
 
-fn ts(ms: u64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: (ms / 1000) as i64,
-        nanos: ((ms % 1000) * 1_000_000) as i32,
-    })
-}
-
 pub(crate) fn meta_pb(m: ReadMeta) -> pb::ReadMeta {
     pb::ReadMeta {
         node_id: m.node_id,
@@ -33,13 +27,6 @@ pub(crate) fn meta_pb(m: ReadMeta) -> pb::ReadMeta {
         } as i32,
         applied_index: m.applied_index,
         known_commit_index: m.known_commit_index,
-    }
-}
-
-fn consistency(v: i32) -> Consistency {
-    match pb::Consistency::try_from(v) {
-        Ok(pb::Consistency::Stale) => Consistency::Stale,
-        _ => Consistency::Linearizable,
     }
 }
 
@@ -250,8 +237,12 @@ impl pb::pipeline_service_server::PipelineService for Api {
         req: Request<pb::GetPipelineRequest>,
     ) -> Result<Response<pb::GetPipelineResponse>, Status> {
         let req = req.into_inner();
-        let (rec, meta) =
-            pipelines::get(&self.node, &req.name, consistency(req.consistency)).await?;
+        let (rec, meta) = pipelines::get(
+            &self.node,
+            &req.name,
+            crate::pipelines::consistency_of(req.consistency),
+        )
+        .await?;
         let name = rec.name.clone();
         let mut p = self.pipeline_pb(rec);
         self.add_runtime(&name, &mut p);
@@ -266,7 +257,11 @@ impl pb::pipeline_service_server::PipelineService for Api {
         req: Request<pb::ListPipelinesRequest>,
     ) -> Result<Response<pb::ListPipelinesResponse>, Status> {
         let req = req.into_inner();
-        let (recs, meta) = pipelines::list(&self.node, consistency(req.consistency)).await?;
+        let (recs, meta) = pipelines::list(
+            &self.node,
+            crate::pipelines::consistency_of(req.consistency),
+        )
+        .await?;
         Ok(Response::new(pb::ListPipelinesResponse {
             pipelines: recs.into_iter().map(|r| self.pipeline_pb(r)).collect(),
             meta: Some(meta_pb(meta)),

@@ -2,6 +2,7 @@
 //! heartbeats into the liveness tracker, and views that join the replicated registry with
 //! the leader's live state.
 
+use crate::clock::now_ms;
 use crate::errors::ServiceError;
 use crate::liveness::{Beat, LiveEntry, LivenessHandle};
 use crate::pipelines::Consistency;
@@ -23,13 +24,6 @@ pub struct Registration {
     pub id: ComponentId,
     pub topics: Vec<String>,
     pub connection_info: BTreeMap<String, String>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Picks the service id as the original did: the first non-empty of `candidates`, else a

@@ -13,6 +13,7 @@
 //! go to `<data-dir>/logs/<pipeline>/<instance>.log`, rotated at [`LOG_CAP_BYTES`]; the output
 //! of the run before the last restart is kept as `.prev.log`.
 
+use crate::clock::now_ms;
 use flowctl_proto::internal::v1 as ipb;
 use flowctl_raft::RaftNode;
 use flowctl_spec::{Component, RestartPolicy, ValidatedPipeline};
@@ -639,13 +640,6 @@ async fn write_log(path: PathBuf, mut rx: tokio::sync::mpsc::Receiver<String>) {
         }
         let _ = f.flush().await;
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 async fn stop_instance(child: &mut tokio::process::Child) {

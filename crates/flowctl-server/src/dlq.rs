@@ -19,6 +19,7 @@
 //! and `replayed` leaves the entry `replaying`; a later replay of such an entry (after
 //! [`STALE_REPLAY`]) publishes again, and downstream deduplicates by key (the ledger sequence).
 
+use crate::clock::{now_ms, ts};
 use crate::errors::ServiceError;
 use crate::spec_cache::SpecCache;
 use flowctl_bus::{Consumer, ConsumerOptions, DlqRecord, OutRecord, Producer, StartAt};
@@ -44,13 +45,6 @@ pub const STALE_REPLAY: Duration = Duration::from_secs(60);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 /// Header on replayed records: the DLQ entry they replay.
 pub const HEADER_REPLAY_OF: &str = "flowctl-replay-of";
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Where a pipeline's dead letters go.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -336,13 +330,6 @@ pub struct DlqApi {
     pub node: RaftNode,
     pub specs: SpecCache,
     pub brokers: Arc<Vec<String>>,
-}
-
-fn ts(ms: u64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: (ms / 1000) as i64,
-        nanos: ((ms % 1000) * 1_000_000) as i32,
-    })
 }
 
 fn pos_pb(p: &KafkaPos) -> pb::KafkaPosition {

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod api;
+mod clock;
 pub mod cluster;
 pub mod components;
 pub mod config;

@@ -1,22 +1,24 @@
 //! The pipeline service layer: validate, build a command, propose, and read.
 
+use crate::clock::now_ms;
 use crate::errors::ServiceError;
 use flowctl_raft::{RaftNode, ReadMeta};
 use flowctl_state::pipelines::{ApplyPipeline, DeletePipeline};
 use flowctl_state::{ApplyResult, Command, Outcome, PipelineId, PipelineRecord};
+
+/// The read path a request's `consistency` field asks for (linearizable unless stale).
+pub(crate) fn consistency_of(v: i32) -> Consistency {
+    match flowctl_proto::admin::v1::Consistency::try_from(v) {
+        Ok(flowctl_proto::admin::v1::Consistency::Stale) => Consistency::Stale,
+        _ => Consistency::Linearizable,
+    }
+}
 
 /// Which read path to take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consistency {
     Linearizable,
     Stale,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// What an apply did, or (dry run) would do.
@@ -157,7 +159,8 @@ pub async fn delete(node: &RaftNode, name: &str) -> Result<u64, ServiceError> {
     }
 }
 
-async fn read<T>(
+/// Reads with the requested consistency (shared by every service's read RPCs).
+pub(crate) async fn read<T>(
     node: &RaftNode,
     consistency: Consistency,
     f: impl FnOnce(&flowctl_state::State) -> T,

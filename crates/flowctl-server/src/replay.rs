@@ -12,6 +12,7 @@
 //! All job state is in Raft, so a new leader simply carries on: it sees the same chunks,
 //! assignments and attempts, and re-dispatches nothing that is still in flight.
 
+use crate::clock::{now_ms, ts};
 use crate::errors::ServiceError;
 use crate::spec_cache::SpecCache;
 use flowctl_proto::admin::v1 as pb;
@@ -37,20 +38,6 @@ const WATCH_POLL: Duration = Duration::from_millis(500);
 const WATCH_BUFFER: usize = 64;
 pub const DEFAULT_CHUNK_SIZE: u32 = 64;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn ts(ms: u64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: (ms / 1000) as i64,
-        nanos: ((ms % 1000) * 1_000_000) as i32,
-    })
-}
 
 /// The component ids of a source component's instances.
 fn instance_ids(component: &str, replicas: u32) -> Vec<String> {
@@ -306,17 +293,6 @@ fn job_pb(s: &flowctl_state::State, j: &Job, now: u64) -> pb::ReplayJob {
 }
 
 impl ReplayApi {
-    async fn read<T>(
-        &self,
-        consistency: i32,
-        f: impl FnOnce(&flowctl_state::State) -> T,
-    ) -> Result<(T, flowctl_raft::ReadMeta), ServiceError> {
-        match pb::Consistency::try_from(consistency) {
-            Ok(pb::Consistency::Stale) => Ok(self.node.read_stale(f)),
-            _ => Ok(self.node.read_linearizable(f).await?),
-        }
-    }
-
     async fn create(&self, req: pb::CreateReplayRequest) -> Result<pb::ReplayJob, ServiceError> {
         if req.from_ledger > req.to_ledger {
             return Err(ServiceError::BadArgument(format!(
@@ -434,16 +410,19 @@ impl pb::replay_service_server::ReplayService for ReplayApi {
     ) -> Result<Response<pb::ListReplaysResponse>, Status> {
         let req = req.into_inner();
         let now = now_ms();
-        let (jobs, meta) = self
-            .read(req.consistency, |s| {
+        let (jobs, meta) = crate::pipelines::read(
+            &self.node,
+            crate::pipelines::consistency_of(req.consistency),
+            |s| {
                 s.replays
                     .jobs
                     .values()
                     .filter(|j| req.pipeline.is_empty() || j.pipeline == req.pipeline)
                     .map(|j| job_pb(s, j, now))
                     .collect::<Vec<_>>()
-            })
-            .await?;
+            },
+        )
+        .await?;
         Ok(Response::new(pb::ListReplaysResponse {
             jobs,
             meta: Some(crate::api::meta_pb(meta)),
@@ -456,11 +435,12 @@ impl pb::replay_service_server::ReplayService for ReplayApi {
     ) -> Result<Response<pb::ReplayJob>, Status> {
         let req = req.into_inner();
         let now = now_ms();
-        let (job, meta) = self
-            .read(req.consistency, |s| {
-                s.replays.jobs.get(&req.id).map(|j| job_pb(s, j, now))
-            })
-            .await?;
+        let (job, meta) = crate::pipelines::read(
+            &self.node,
+            crate::pipelines::consistency_of(req.consistency),
+            |s| s.replays.jobs.get(&req.id).map(|j| job_pb(s, j, now)),
+        )
+        .await?;
         let mut job = job
             .ok_or_else(|| ServiceError::NotFound(format!("replay job {:?} not found", req.id)))?;
         job.meta = Some(crate::api::meta_pb(meta));
@@ -482,16 +462,19 @@ impl pb::replay_service_server::ReplayService for ReplayApi {
                 ))
             })?)
         };
-        let (chunks, meta) = self
-            .read(req.consistency, |s| {
+        let (chunks, meta) = crate::pipelines::read(
+            &self.node,
+            crate::pipelines::consistency_of(req.consistency),
+            |s| {
                 s.replays.chunks.get(&req.id).map(|c| {
                     c.values()
                         .filter(|c| want.is_none_or(|w| c.state == w))
                         .map(chunk_pb)
                         .collect::<Vec<_>>()
                 })
-            })
-            .await?;
+            },
+        )
+        .await?;
         let chunks = chunks
             .ok_or_else(|| ServiceError::NotFound(format!("replay job {:?} not found", req.id)))?;
         Ok(Response::new(pb::ReplayChunksResponse {

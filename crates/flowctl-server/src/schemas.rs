@@ -5,8 +5,8 @@
 //! state machine refuses it if either changed before it committed; the push is then checked
 //! again. So a concurrent push can never slip an unchecked version in.
 
+use crate::clock::{now_ms, ts};
 use crate::errors::ServiceError;
-use crate::pipelines::Consistency;
 use flowctl_proto::admin::v1 as pb;
 use flowctl_raft::RaftNode;
 use flowctl_schema::{CompatibilityMode, Compiled, SubjectSchema};
@@ -24,20 +24,6 @@ const PUSH_ATTEMPTS: usize = 5;
 #[derive(Clone)]
 pub struct SchemaApi {
     pub node: RaftNode,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn ts(ms: u64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: (ms / 1000) as i64,
-        nanos: ((ms % 1000) * 1_000_000) as i32,
-    })
 }
 
 fn bad(e: flowctl_schema::Error) -> ServiceError {
@@ -243,24 +229,6 @@ impl SchemaApi {
     }
 }
 
-fn consistency(v: i32) -> Consistency {
-    match pb::Consistency::try_from(v) {
-        Ok(pb::Consistency::Stale) => Consistency::Stale,
-        _ => Consistency::Linearizable,
-    }
-}
-
-async fn read<T>(
-    node: &RaftNode,
-    c: Consistency,
-    f: impl FnOnce(&flowctl_state::State) -> T,
-) -> Result<(T, flowctl_raft::ReadMeta), ServiceError> {
-    match c {
-        Consistency::Linearizable => Ok(node.read_linearizable(f).await?),
-        Consistency::Stale => Ok(node.read_stale(f)),
-    }
-}
-
 fn check_mode(mode: &str) -> Result<String, ServiceError> {
     CompatibilityMode::from_str(mode)
         .map(|m| m.to_string())
@@ -282,8 +250,8 @@ impl pb::schema_service_server::SchemaService for SchemaApi {
         &self,
         req: Request<pb::ListSubjectsRequest>,
     ) -> Result<Response<pb::ListSubjectsResponse>, Status> {
-        let c = consistency(req.into_inner().consistency);
-        let ((subjects, global), meta) = read(&self.node, c, |s| {
+        let c = crate::pipelines::consistency_of(req.into_inner().consistency);
+        let ((subjects, global), meta) = crate::pipelines::read(&self.node, c, |s| {
             let reg = &s.schemas;
             let subjects = reg
                 .subjects
@@ -327,8 +295,8 @@ impl pb::schema_service_server::SchemaService for SchemaApi {
         req: Request<pb::GetSchemaRequest>,
     ) -> Result<Response<pb::GetSchemaResponse>, Status> {
         let req = req.into_inner();
-        let c = consistency(req.consistency);
-        let (found, meta) = read(&self.node, c, |s| {
+        let c = crate::pipelines::consistency_of(req.consistency);
+        let (found, meta) = crate::pipelines::read(&self.node, c, |s| {
             let reg = &s.schemas;
             let subject = reg.subjects.get(&req.subject)?;
             let v = if req.version == 0 {
