@@ -54,27 +54,50 @@ struct DlqSource {
     brokers: String,
 }
 
-/// The DLQ topics of every stored pipeline that has brokers.
-fn sources(node: &RaftNode, specs: &SpecCache, default_brokers: &[String]) -> Vec<DlqSource> {
-    let docs: Vec<(String, u64, String)> = node
+/// What the indexer knows of each stored pipeline, by name: the generation it looked at and
+/// the DLQ topic it found (if the pipeline has brokers).
+type Known = HashMap<String, (u64, Option<DlqSource>)>;
+
+/// The DLQ topics of every stored pipeline that has brokers. Only pipelines that are new or
+/// changed since the last call are looked at, and a document that cannot name brokers (none
+/// in it, none on the server) is not even parsed: the store may hold many thousands.
+fn sources(
+    node: &RaftNode,
+    specs: &SpecCache,
+    default_brokers: &[String],
+    known: &mut Known,
+) -> Vec<DlqSource> {
+    let changed: Vec<(String, u64, Option<String>)> = node
         .read_stale(|s| {
+            known.retain(|name, _| s.pipelines.contains_key(name));
             s.pipelines
                 .values()
-                .map(|p| (p.name.clone(), p.generation, p.spec_yaml.clone()))
+                .filter(|p| known.get(&p.name).is_none_or(|(g, _)| *g != p.generation))
+                .map(|p| {
+                    let may_have_brokers =
+                        !default_brokers.is_empty() || p.canonical.contains("\"brokers\"");
+                    (
+                        p.name.clone(),
+                        p.generation,
+                        may_have_brokers.then(|| p.spec_yaml.clone()),
+                    )
+                })
                 .collect()
         })
         .0;
-    docs.into_iter()
-        .filter_map(|(name, generation, yaml)| {
+    for (name, generation, yaml) in changed {
+        let source = yaml.and_then(|yaml| {
             let spec = specs.get(&name, generation, &yaml)?;
             let brokers = brokers_of(&spec, default_brokers);
             (!brokers.is_empty()).then(|| DlqSource {
-                pipeline: name,
+                pipeline: name.clone(),
                 topic: flowctl_spec::dlq_topic_name(&spec),
                 brokers,
             })
-        })
-        .collect()
+        });
+        known.insert(name, (generation, source));
+    }
+    known.values().filter_map(|(_, s)| s.clone()).collect()
 }
 
 fn brokers_of(spec: &flowctl_spec::ValidatedPipeline, default_brokers: &[String]) -> String {
@@ -132,6 +155,7 @@ async fn run_indexer(
     cancel: CancellationToken,
 ) {
     let mut tasks: HashMap<DlqSource, CancellationToken> = HashMap::new();
+    let mut known = Known::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -140,8 +164,9 @@ async fn run_indexer(
             _ = tick.tick() => {}
         }
         let wanted: Vec<DlqSource> = if node.is_leader() {
-            sources(&node, &specs, &brokers)
+            sources(&node, &specs, &brokers, &mut known)
         } else {
+            known.clear();
             Vec::new()
         };
         tasks.retain(|src, stop| {
