@@ -17,6 +17,9 @@ pub use flowctl_proto as proto;
 pub const DEFAULT_ENDPOINT: &str = "localhost:8080";
 /// Largest reply the client accepts (large pipeline lists).
 pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+/// How often an idle connection is pinged, and how long a ping may go unanswered.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -63,9 +66,15 @@ impl Client {
                 endpoint: e.clone(),
                 message: err.to_string(),
             })?;
+            // HTTP/2 pings find a peer that vanished without closing the connection (a
+            // partition, a host crash), so long streams (chunk commands, `logs --follow`) fail
+            // over instead of hanging.
             let ch = ep
                 .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
                 .connect_lazy();
             out.push((e.clone(), ch));
         }
