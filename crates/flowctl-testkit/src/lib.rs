@@ -34,7 +34,22 @@ pub fn flowctl_bin() -> anyhow::Result<PathBuf> {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+///
+/// Ports come from below Linux's ephemeral range (32768–60999): a port the kernel handed out
+/// could be handed out again, while its node is down, to some process's outgoing connection
+/// or `:0` bind (a component's health server), and the node could not restart on it.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Spread concurrent test processes over the range; within one process, never repeat.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 24;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (base - 20_000 + n) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
