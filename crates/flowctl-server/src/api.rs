@@ -42,15 +42,7 @@ impl Api {
             .as_ref()
             .map(|v| {
                 v.components()
-                    .flat_map(|(_, c)| {
-                        (0..c.replicas).map(move |replica| {
-                            if c.replicas > 1 {
-                                format!("{}-{replica}", c.id.as_str())
-                            } else {
-                                c.id.as_str().to_owned()
-                            }
-                        })
-                    })
+                    .flat_map(|(_, c)| (0..c.replicas).map(move |r| c.instance_id(r)))
                     .collect()
             })
             .unwrap_or_default();
@@ -147,8 +139,10 @@ impl Api {
                     .iter()
                     .map(|(key, st)| {
                         let component_id = match key.rsplit_once('/') {
-                            Some((c, r)) if count(c) > 1 => format!("{c}-{r}"),
-                            Some((c, _)) => c.to_owned(),
+                            Some((c, r)) => match r.parse::<u32>() {
+                                Ok(r) => flowctl_spec::instance_id(c, r, count(c) as u32),
+                                Err(_) => key.clone(),
+                            },
                             None => key.clone(),
                         };
                         let healthy = s

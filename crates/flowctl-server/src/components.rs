@@ -68,16 +68,9 @@ impl DataPlane {
             let Some(spec) = self.specs.get(&name, generation, &yaml) else {
                 continue;
             };
-            let found = spec.components().find(|(_, c)| {
-                (0..c.replicas).any(|r| {
-                    let iid = if c.replicas > 1 {
-                        format!("{}-{r}", c.id.as_str())
-                    } else {
-                        c.id.as_str().to_owned()
-                    };
-                    iid == id
-                })
-            });
+            let found = spec
+                .components()
+                .find(|(_, c)| (0..c.replicas).any(|r| c.instance_id(r) == id));
             let Some((kind, c)) = found else { continue };
             let inputs: Vec<String> = c
                 .inputs
@@ -87,11 +80,7 @@ impl DataPlane {
             let output = (kind != flowctl_spec::ComponentKind::Sink)
                 .then(|| flowctl_spec::topic_name(&spec, &c.id));
             let dlq = flowctl_spec::dlq_topic_name(&spec);
-            let brokers = if spec.spec().bus.brokers.is_empty() {
-                self.brokers.join(",")
-            } else {
-                spec.spec().bus.brokers.join(",")
-            };
+            let brokers = crate::deploy::brokers_of(&spec, &self.brokers).join(",");
             let mut topics = inputs.clone();
             topics.extend(output.clone());
             topics.push(dlq.clone());

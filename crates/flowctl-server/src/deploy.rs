@@ -48,11 +48,17 @@ pub struct DeployOptions {
 impl DeployOptions {
     /// The brokers a pipeline uses: its own, else the server's; empty when neither is set.
     pub fn brokers_of(&self, p: &ValidatedPipeline) -> Vec<String> {
-        if p.spec().bus.brokers.is_empty() {
-            self.kafka_brokers.clone()
-        } else {
-            p.spec().bus.brokers.clone()
-        }
+        brokers_of(p, &self.kafka_brokers)
+    }
+}
+
+/// A pipeline's Kafka brokers: its `spec.bus.brokers`, else the server's `--kafka-brokers`
+/// (`default`); empty when neither is set.
+pub(crate) fn brokers_of(p: &ValidatedPipeline, default: &[String]) -> Vec<String> {
+    if p.spec().bus.brokers.is_empty() {
+        default.to_vec()
+    } else {
+        p.spec().bus.brokers.clone()
     }
 }
 
@@ -431,11 +437,7 @@ fn instance_env(
     for (k, v) in &c.env {
         env.insert(k.clone(), v.clone());
     }
-    let id = if c.replicas > 1 {
-        format!("{}-{replica}", c.id.as_str())
-    } else {
-        c.id.as_str().to_owned()
-    };
+    let id = c.instance_id(replica);
     env.insert("ENABLE_FLOWCTL".into(), "true".into());
     env.insert("FLOWCTL_ENDPOINT".into(), endpoints.to_owned());
     env.insert("FLOWCTL_COMPONENT_ID".into(), id);
@@ -693,15 +695,6 @@ fn spec_hash(d: &Desired) -> String {
     format!("{h:016x}")
 }
 
-/// The component id an instance registers under (as in [`instance_env`]).
-fn instance_component_id(component: &str, replica: u32, replicas: usize) -> String {
-    if replicas > 1 {
-        format!("{component}-{replica}")
-    } else {
-        component.to_owned()
-    }
-}
-
 /// Whether replica `replica` of a changed component may be replaced now: every lower replica
 /// of the component (on any node) already runs `hash` and is healthy, exited for good, or
 /// is a program that never registers and has run for [`ROLLOUT_UNREGISTERED_GRACE`]. So a
@@ -738,7 +731,7 @@ fn may_replace(node: &RaftNode, d: &Desired, hash: &str, now_ms: u64) -> bool {
                 InstanceState::Exited => true,
                 InstanceState::Backoff | InstanceState::StartFailed => false,
                 InstanceState::Running => {
-                    let id = ComponentId(instance_component_id(cid, *r, count));
+                    let id = ComponentId(flowctl_spec::instance_id(cid, *r, count as u32));
                     // Registrations carry the leader's clock; allow a little skew.
                     let rec = s
                         .components

@@ -101,11 +101,7 @@ fn sources(
 }
 
 fn brokers_of(spec: &flowctl_spec::ValidatedPipeline, default_brokers: &[String]) -> String {
-    if spec.spec().bus.brokers.is_empty() {
-        default_brokers.join(",")
-    } else {
-        spec.spec().bus.brokers.join(",")
-    }
+    crate::deploy::brokers_of(spec, default_brokers).join(",")
 }
 
 /// Starts the leader's indexer and retention loops.

@@ -39,19 +39,6 @@ const WATCH_BUFFER: usize = 64;
 pub const DEFAULT_CHUNK_SIZE: u32 = 64;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
-/// The component ids of a source component's instances.
-fn instance_ids(component: &str, replicas: u32) -> Vec<String> {
-    (0..replicas)
-        .map(|r| {
-            if replicas > 1 {
-                format!("{component}-{r}")
-            } else {
-                component.to_owned()
-            }
-        })
-        .collect()
-}
-
 /// The replica count of `source` in `pipeline`'s stored spec.
 fn source_replicas(
     node: &RaftNode,
@@ -111,7 +98,9 @@ async fn run_dispatcher(node: RaftNode, specs: SpecCache, cancel: CancellationTo
 async fn dispatch(node: &RaftNode, specs: &SpecCache, job: &Job) -> Result<(), ServiceError> {
     let now = now_ms();
     let replicas = source_replicas(node, specs, &job.pipeline, &job.source).unwrap_or(0);
-    let ids = instance_ids(&job.source, replicas);
+    let ids: Vec<String> = (0..replicas)
+        .map(|r| flowctl_spec::instance_id(&job.source, r, replicas))
+        .collect();
     // (index, attempt, instance, state, updated) of in-flight chunks; planned ones due now;
     // healthy instances.
     let (in_flight, due, healthy) = node

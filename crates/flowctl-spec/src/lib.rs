@@ -28,8 +28,8 @@ mod schema;
 mod validate;
 
 pub use model::{
-    Bus, Component, ComponentId, ComponentKind, Driver, Metadata, PipelineManifest, PipelineSpec,
-    RestartPolicy,
+    instance_id, Bus, Component, ComponentId, ComponentKind, Driver, Metadata, PipelineManifest,
+    PipelineSpec, RestartPolicy,
 };
 pub use pipeline::{component_changes, dlq_topic_name, topic_name, Edge, ValidatedPipeline};
 

@@ -296,6 +296,11 @@ fn default_replicas() -> u32 {
 }
 
 impl Component {
+    /// The component id replica `replica` registers under: see [`instance_id`].
+    pub fn instance_id(&self, replica: u32) -> String {
+        instance_id(self.id.as_str(), replica, self.replicas)
+    }
+
     /// The health port of instance `instance` (from 0) under the `process` driver, where all
     /// instances share one host: `health_port + instance`. `None` when no port is set or the
     /// instance does not exist.
@@ -305,5 +310,16 @@ impl Component {
         }
         let port = u32::from(self.health_port?) + instance;
         u16::try_from(port).ok()
+    }
+}
+
+/// The component id that replica `replica` of `component` registers under: the component's
+/// id when it has one replica, else `<id>-<replica>`. The supervisor gives it to the instance
+/// as `FLOWCTL_COMPONENT_ID`; everything that maps registrations back to instances uses it.
+pub fn instance_id(component: &str, replica: u32, replicas: u32) -> String {
+    if replicas > 1 {
+        format!("{component}-{replica}")
+    } else {
+        component.to_owned()
     }
 }
