@@ -298,6 +298,7 @@ fn failed_records_are_indexed_once_across_a_leader_kill_and_replays_complete_the
     });
     c.restart(leader).unwrap();
     c.wait_ready(leader, Duration::from_secs(30)).unwrap();
+    // Reads are linearizable; the pause is the window in which a doubled entry would appear.
     std::thread::sleep(Duration::from_secs(2));
     let entries = dlq_entries(&c, leader);
     let ids: BTreeSet<String> = entries.keys().cloned().collect();

@@ -331,4 +331,22 @@ fn pipelines_must_declare_registered_event_types() {
         text.contains("raw_ledger_service.RawLedgerChunk (v1, id "),
         "{text}"
     );
+    // examples/register-schemas.sh pushes the same two packages: nothing new to register.
+    let script = protos().join("../register-schemas.sh");
+    let out = std::process::Command::new(script)
+        .env("FLOWCTL_BIN", flowctl_testkit::flowctl_bin().unwrap())
+        .env("FLOWCTL_ENDPOINTS", &c.nodes[0].addr)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("2 subject(s) in raw_ledger_service: 0 new versions, 2 unchanged")
+            && said.contains("in token_transfer: 0 new versions"),
+        "{said}"
+    );
 }
