@@ -107,6 +107,20 @@ spec:
     )
 }
 
+/// `flowctl apply [extra...] -f file` on node `node`, which must succeed; returns stdout.
+fn apply(c: &Cluster, node: usize, extra: &[&str], file: &std::path::Path) -> String {
+    let mut args = vec!["apply"];
+    args.extend_from_slice(extra);
+    args.extend(["-f", file.to_str().unwrap()]);
+    let out = c.flowctl(node, &args).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn healthy(c: &Cluster, node: usize) -> Vec<String> {
     c.json(node, &["list", "--timeout", "5"])
         .map(|v| {
@@ -137,24 +151,7 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
     let name = "deploy-test";
     let file = c.dir().join("p.yaml");
     std::fs::write(&file, pipeline_doc(name, "v1")).unwrap();
-    let out = c
-        .flowctl(
-            1,
-            &[
-                "apply",
-                "--allow-unregistered-types",
-                "-f",
-                file.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let said = apply(&c, 1, &["--allow-unregistered-types"], &file);
     for id in ["src", "proc", "sink"] {
         assert!(said.contains(&format!("start {id}")), "{said}");
     }
@@ -354,19 +351,7 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
     // Re-apply with a changed env: a dry run shows the diff and stores nothing; the real
     // apply restarts only that component, whose new instance sees the new value.
     std::fs::write(&file, pipeline_doc(name, "v2")).unwrap();
-    let dry = c
-        .flowctl(
-            0,
-            &[
-                "apply",
-                "--dry-run",
-                "--allow-unregistered-types",
-                "-f",
-                file.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
-    let dry = String::from_utf8_lossy(&dry.stdout).into_owned();
+    let dry = apply(&c, 0, &["--dry-run", "--allow-unregistered-types"], &file);
     assert!(
         dry.contains("restart proc")
             && dry.contains("-         MY_VAR: \"v1\"")
@@ -377,23 +362,7 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
         c.json(0, &["get", "pipeline", name]).unwrap()["generation"],
         1
     );
-    let out = c
-        .flowctl(
-            0,
-            &[
-                "apply",
-                "--allow-unregistered-types",
-                "-f",
-                file.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let said = apply(&c, 0, &["--allow-unregistered-types"], &file);
     assert!(
         said.contains("restart proc") && !said.contains("restart src"),
         "{said}"
@@ -502,14 +471,7 @@ spec:
     };
     let file = c.dir().join("p.yaml");
     std::fs::write(&file, doc("v1")).unwrap();
-    let out = c
-        .flowctl(0, &["apply", "-f", file.to_str().unwrap()])
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply(&c, 0, &[], &file);
     wait_until(Duration::from_secs(30), || {
         c.json(1, &["get", "pipeline", name])
             .is_ok_and(|v| v["ready"] == 4 && v["status"] == "Running")
@@ -517,14 +479,7 @@ spec:
     .unwrap_or_else(|e| panic!("not running: {e}\n{}", c.log_tail(0, 30)));
 
     std::fs::write(&file, doc("v2")).unwrap();
-    let out = c
-        .flowctl(1, &["apply", "-f", file.to_str().unwrap()])
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply(&c, 1, &[], &file);
     // Watch the processes until every replica runs v2.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut fewest = usize::MAX;
