@@ -27,6 +27,41 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
+/// The benchmark's subset of etcd's KV API (`proto/etcd_kv.proto`, compiled by protox).
+mod etcd {
+    #![allow(clippy::all, rust_2018_idioms)]
+    tonic::include_proto!("etcdserverpb");
+}
+use etcd::kv_client::KvClient;
+
+/// A gRPC client of one etcd member.
+async fn etcd_connect(url: &str, timeout: Option<Duration>) -> anyhow::Result<KvClient<Channel>> {
+    let mut ep = Endpoint::from_shared(url.to_string())?;
+    if let Some(t) = timeout {
+        ep = ep.connect_timeout(t).timeout(t);
+    }
+    Ok(KvClient::new(ep.connect().await?))
+}
+
+/// An etcd put of `value` under `key`.
+async fn etcd_put(kv: &mut KvClient<Channel>, key: String, value: Vec<u8>) -> anyhow::Result<()> {
+    kv.put(etcd::PutRequest {
+        key: key.into_bytes(),
+        value,
+    })
+    .await?;
+    Ok(())
+}
+
+/// A linearizable (not serializable) etcd get of one key.
+async fn etcd_get(kv: &mut KvClient<Channel>, key: &str) -> anyhow::Result<etcd::RangeResponse> {
+    let req = etcd::RangeRequest {
+        key: key.as_bytes().to_vec(),
+        serializable: false,
+    };
+    Ok(kv.range(req).await?.into_inner())
+}
+
 /// Size of every document written, in bytes.
 const DOC_BYTES: usize = 256;
 /// How many names the read workloads choose from.
@@ -365,6 +400,7 @@ async fn flowctl_apply(ch: Channel, name: String) -> anyhow::Result<()> {
         dry_run: false,
         // The documents declare no event types, so there is nothing to look up.
         allow_unregistered_types: false,
+        if_generation: None,
     };
     let resp = PipelineServiceClient::new(ch)
         .apply_pipeline(req)
@@ -587,11 +623,8 @@ impl EtcdCluster {
         for (i, url) in self.client_urls.iter().enumerate() {
             loop {
                 let probe = async {
-                    let opts = etcd_client::ConnectOptions::new()
-                        .with_connect_timeout(Duration::from_secs(2))
-                        .with_timeout(Duration::from_secs(2));
-                    let c = etcd_client::Client::connect([url.as_str()], Some(opts)).await?;
-                    c.kv_client().get("bench-probe", None).await?;
+                    let mut kv = etcd_connect(url, Some(Duration::from_secs(2))).await?;
+                    etcd_get(&mut kv, "bench-probe").await?;
                     anyhow::Ok(())
                 };
                 match probe.await {
@@ -630,10 +663,10 @@ async fn bench_etcd(urls: &[String], args: &Args) -> anyhow::Result<Vec<Row>> {
     // One client (one connection) per member, as for flowctl.
     let mut kvs = Vec::new();
     for u in urls {
-        let c = etcd_client::Client::connect([u.as_str()], None)
+        let kv = etcd_connect(u, None)
             .await
             .with_context(|| format!("cannot connect to etcd at {u}"))?;
-        kvs.push(c.kv_client());
+        kvs.push(kv);
     }
     let kvs = Arc::new(kvs);
     let value_of = |name: &str| document(name).into_bytes();
@@ -646,10 +679,7 @@ async fn bench_etcd(urls: &[String], args: &Args) -> anyhow::Result<Vec<Row>> {
             run_cell("etcd", Workload::Write, c, args, move |task, seq| {
                 let mut kv = kvs[task % n].clone();
                 let name = write_name(base + seq);
-                async move {
-                    kv.put(etcd_key(&name), value_of(&name), None).await?;
-                    Ok(())
-                }
+                async move { etcd_put(&mut kv, etcd_key(&name), value_of(&name)).await }
             })
             .await,
         );
@@ -661,10 +691,7 @@ async fn bench_etcd(urls: &[String], args: &Args) -> anyhow::Result<Vec<Row>> {
         populate(READ_KEYS, POPULATE_CLIENTS, move |i| {
             let mut kv = kvs[i % n].clone();
             let name = read_name(i);
-            async move {
-                kv.put(etcd_key(&name), value_of(&name), None).await?;
-                Ok(())
-            }
+            async move { etcd_put(&mut kv, etcd_key(&name), value_of(&name)).await }
         })
         .await?;
     }
@@ -676,10 +703,9 @@ async fn bench_etcd(urls: &[String], args: &Args) -> anyhow::Result<Vec<Row>> {
                 let mut kv = kvs[task % n].clone();
                 let key = etcd_key(&read_name(rand::random_range(0..READ_KEYS)));
                 async move {
-                    // Default options: a linearizable (not serializable) range read.
-                    let resp = kv.get(key.as_str(), None).await?;
-                    if resp.kvs().len() != 1 || resp.kvs()[0].value().len() != DOC_BYTES {
-                        bail!("get {key}: {} values", resp.kvs().len());
+                    let resp = etcd_get(&mut kv, &key).await?;
+                    if resp.kvs.len() != 1 || resp.kvs[0].value.len() != DOC_BYTES {
+                        bail!("get {key}: {} values", resp.kvs.len());
                     }
                     Ok(())
                 }

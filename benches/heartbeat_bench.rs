@@ -50,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         3,
         ClusterOptions {
             extra_args: vec!["--heartbeat-ttl".into(), (args.interval * 6.0).to_string()],
+            ..Default::default()
         },
     )?;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();

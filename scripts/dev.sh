@@ -7,5 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo build --workspace --bins
+# The workspace's default members: flowctl and the example components, not the benchmarks.
+cargo build --bins
 exec target/debug/flowctl dev up "$@"

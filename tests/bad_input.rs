@@ -65,6 +65,8 @@ fn unreachable_join_address_fails_with_a_clear_error() {
         "server",
         "--listen",
         &format!("127.0.0.1:{port}"),
+        "--peer-listen",
+        "127.0.0.1:0",
         "--metrics-port",
         "0",
         "--data-dir",
@@ -88,6 +90,8 @@ fn port_in_use_fails_with_a_clear_error() {
         "server",
         "--listen",
         &addr,
+        "--peer-listen",
+        "127.0.0.1:0",
         "--metrics-port",
         "0",
         "--data-dir",
@@ -116,6 +120,7 @@ fn data_dir_of_another_cluster_and_oversized_requests_are_refused() {
         1,
         ClusterOptions {
             extra_args: vec!["--max-request-bytes".into(), "2048".into()],
+            ..Default::default()
         },
     )
     .unwrap();
@@ -127,12 +132,14 @@ fn data_dir_of_another_cluster_and_oversized_requests_are_refused() {
         "server",
         "--listen",
         &format!("127.0.0.1:{}", free_port()),
+        "--peer-listen",
+        "127.0.0.1:0",
         "--metrics-port",
         "0",
         "--data-dir",
         a_dir.to_str().unwrap(),
         "--join",
-        &b.nodes[0].addr,
+        &b.nodes[0].peer_addr,
     ]);
     assert_one_line_error(&out, "belongs to cluster");
 
@@ -153,4 +160,44 @@ fn data_dir_of_another_cluster_and_oversized_requests_are_refused() {
     assert_one_line_error(&out, "request rejected");
     let ok = b.flowctl(0, &["get", "pipelines"]).unwrap();
     assert!(ok.status.success());
+}
+
+#[test]
+fn non_loopback_listen_without_insecure_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "server",
+        "--listen",
+        &format!("0.0.0.0:{}", free_port()),
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--metrics-port",
+        "0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, "is not a loopback address");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure"));
+}
+
+#[test]
+fn a_reader_that_leaves_early_ends_the_cli_quietly() {
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(flowctl_testkit::flowctl_bin().unwrap())
+        .args(["schema", "pipeline"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the CLI writes its 10 KB.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    // 141 when the write met the closed pipe (the usual case), 0 if it got there first.
+    assert!(
+        matches!(out.status.code(), Some(141 | 0)),
+        "{:?}",
+        out.status
+    );
 }

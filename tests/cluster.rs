@@ -152,6 +152,7 @@ fn writer_threads(
                             file_name: "t.yaml".into(),
                             dry_run: false,
                             allow_unregistered_types: false,
+                            if_generation: None,
                         };
                         let r =
                             client
@@ -245,7 +246,15 @@ fn acknowledged_writes_survive_sigkill_of_the_leader_five_times() {
 
 #[test]
 fn full_restart_keeps_everything() {
-    let mut c = Cluster::start(3, ClusterOptions::default()).unwrap();
+    // With authentication on: membership changes and restarts go through the peer secret.
+    let mut c = Cluster::start(
+        3,
+        ClusterOptions {
+            secure: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     for i in 0..20 {
         apply(&c, i % 3, &format!("keep-{i}"), "v");
     }
@@ -298,6 +307,7 @@ fn a_node_that_missed_purged_log_catches_up_through_a_snapshot() {
             "--snapshot-keep-logs".into(),
             "5".into(),
         ],
+        ..Default::default()
     };
     let mut c = Cluster::start(3, opts).unwrap();
     let down = follower_of(&c);
@@ -356,7 +366,15 @@ fn sigterm_on_the_leader_hands_leadership_over_before_exit() {
 
 #[test]
 fn cluster_admin_transfers_leadership_and_removes_a_member() {
-    let mut c = Cluster::start(3, ClusterOptions::default()).unwrap();
+    // With authentication on: membership changes and restarts go through the peer secret.
+    let mut c = Cluster::start(
+        3,
+        ClusterOptions {
+            secure: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let st = c.json(0, &["cluster", "status"]).unwrap();
     let leader = st["leader_id"].as_u64().unwrap();
     let members = st["members"].as_array().unwrap();
@@ -436,7 +454,14 @@ fn cluster_admin_transfers_leadership_and_removes_a_member() {
 
 #[test]
 fn operations_endpoints_report_health_and_metrics() {
-    let c = Cluster::start(3, ClusterOptions::default()).unwrap();
+    let c = Cluster::start(
+        3,
+        ClusterOptions {
+            extra_args: vec!["--enable-reflection".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
     apply(&c, 1, "metrics", "x");
     for i in 0..3 {
         let m = &c.nodes[i].metrics_addr;
@@ -485,37 +510,251 @@ fn operations_endpoints_report_health_and_metrics() {
             tonic_health::pb::health_check_response::ServingStatus::Serving as i32
         );
 
-        // Server reflection lists the public and wire-compatible services.
-        use tonic_reflection::pb::v1::{
-            server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-            ServerReflectionRequest,
-        };
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[1].addr))
+        // Server reflection (turned on here) lists the public and wire-compatible services,
+        // in both protocol versions.
+        for version in ["v1", "v1alpha"] {
+            let names = reflected_services(&c.nodes[1].addr, version).await.unwrap();
+            for want in [
+                "flowctl.admin.v1.PipelineService",
+                "flowctl.ControlPlane",
+                "flowctl.v1.ControlPlaneService",
+            ] {
+                assert!(
+                    names.iter().any(|n| n == want),
+                    "{version}: {want} not in {names:?}"
+                );
+            }
+        }
+    });
+}
+
+/// The services a node's gRPC reflection (`v1` or `v1alpha`) lists.
+async fn reflected_services(addr: &str, version: &str) -> Result<Vec<String>, tonic::Status> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // The two versions have the same messages in different packages.
+    macro_rules! list {
+        ($pb:ident) => {{
+            use tonic_reflection::pb::$pb::{
+                server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse, ServerReflectionRequest,
+            };
+            let req = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut stream = ServerReflectionClient::new(ch)
+                .server_reflection_info(tokio_stream::iter(vec![req]))
+                .await?
+                .into_inner();
+            let resp = stream.message().await?.unwrap();
+            let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+                panic!("unexpected reflection reply: {resp:?}");
+            };
+            Ok(list.service.into_iter().map(|s| s.name).collect())
+        }};
+    }
+    match version {
+        "v1" => list!(v1),
+        _ => list!(v1alpha),
+    }
+}
+
+#[test]
+fn reflection_is_off_unless_enabled() {
+    let c = Cluster::start(1, ClusterOptions::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for version in ["v1", "v1alpha"] {
+        let got = rt.block_on(reflected_services(&c.nodes[0].addr, version));
+        assert_eq!(
+            got.as_ref().map_err(tonic::Status::code).err(),
+            Some(tonic::Code::Unimplemented),
+            "{version}: {got:?}"
+        );
+    }
+}
+
+#[test]
+fn forwarded_leader_only_commands_are_refused_and_change_nothing() {
+    use flowctl_client::proto::internal::v1::{
+        raft_service_client::RaftServiceClient, ForwardRequest,
+    };
+    use flowctl_state::{codec, placements::SetPlacement, Command, NodeId};
+    let c = Cluster::start(1, ClusterOptions::default()).unwrap();
+    apply(&c, 0, "fwd", "x");
+    let status = c.json(0, &["cluster", "status"]).unwrap();
+    let me = status["leader_id"].as_u64().unwrap();
+    let cluster = status["cluster_id"].as_str().unwrap().to_owned();
+    let placement = Command::SetPlacement(SetPlacement {
+        pipeline: "fwd".into(),
+        generation: 1,
+        instances: [("src/0".to_owned(), NodeId(999))].into(),
+    });
+    let cases = [
+        (placement.clone(), tonic::Code::PermissionDenied),
+        (
+            Command::Batch(vec![Command::Batch(vec![placement.clone()])]),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            Command::RecordNodeRemoved {
+                node_id: NodeId(me),
+            },
+            tonic::Code::FailedPrecondition,
+        ),
+    ];
+    // A Forward request that names `from` and `cluster` as its sender.
+    let forward = |cmd: &Command, from: Option<u64>, cluster: Option<&str>| {
+        let mut req = tonic::Request::new(ForwardRequest {
+            command: codec::encode_command(cmd).unwrap(),
+            hops: 0,
+        });
+        if let Some(id) = from {
+            req.metadata_mut()
+                .insert("x-flowctl-node-id", id.to_string().parse().unwrap());
+        }
+        if let Some(c) = cluster {
+            req.metadata_mut()
+                .insert("x-flowctl-cluster-id", c.parse().unwrap());
+        }
+        req
+    };
+    let connect = |addr: String| async move {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
             .await
             .unwrap();
-        let req = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut stream = ServerReflectionClient::new(ch)
-            .server_reflection_info(tokio_stream::iter(vec![req]))
-            .await
-            .unwrap()
-            .into_inner();
-        let resp = stream.message().await.unwrap().unwrap();
-        let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
-            panic!("unexpected reflection reply: {resp:?}");
-        };
-        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-        for want in [
-            "flowctl.admin.v1.PipelineService",
-            "flowctl.ControlPlane",
-            "flowctl.v1.ControlPlaneService",
+        RaftServiceClient::new(ch)
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Not served on the public port at all.
+        let mut public = connect(c.nodes[0].addr.clone()).await;
+        let got = public
+            .forward(forward(&placement, Some(me), Some(&cluster)))
+            .await;
+        assert_eq!(
+            got.err().map(|s| s.code()),
+            Some(tonic::Code::Unimplemented)
+        );
+        let mut raft = connect(c.nodes[0].peer_addr.clone()).await;
+        // On the peer port, a sender must name itself, be a member, and be of this cluster.
+        let delete = Command::DeletePipeline(flowctl_state::pipelines::DeletePipeline {
+            name: "fwd".into(),
+        });
+        for (from, cl, code) in [
+            (None, Some(cluster.as_str()), tonic::Code::Unauthenticated),
+            (
+                Some(999),
+                Some(cluster.as_str()),
+                tonic::Code::PermissionDenied,
+            ),
+            (
+                Some(me),
+                Some("0123456789abcdef"),
+                tonic::Code::PermissionDenied,
+            ),
+            (Some(me), None, tonic::Code::PermissionDenied),
         ] {
-            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+            let got = raft.forward(forward(&delete, from, cl)).await;
+            assert_eq!(
+                got.as_ref().err().map(tonic::Status::code),
+                Some(code),
+                "{from:?} {cl:?}: {got:?}"
+            );
+        }
+        // A member's forwarded leader-only decisions are refused too.
+        for (cmd, code) in cases {
+            let got = raft.forward(forward(&cmd, Some(me), Some(&cluster))).await;
+            assert_eq!(
+                got.as_ref().err().map(tonic::Status::code),
+                Some(code),
+                "{cmd:?}: {got:?}"
+            );
         }
     });
+    // Nothing was applied: the pipeline is there, no placement names node 999, and the node
+    // is still a member.
+    let described = c.json(0, &["describe", "pipeline", "fwd"]).unwrap();
+    assert!(!described.to_string().contains("999"), "{described}");
+    assert_eq!(
+        c.json(0, &["cluster", "members"])
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// A call with `x-flowctl-request-id: id`, as a client's retry of one operation sends it.
+fn with_id<T>(msg: T, id: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert(flowctl_client::proto::auth::REQUEST_ID, id.parse().unwrap());
+    r
+}
+
+#[test]
+fn a_retried_write_answers_what_its_first_copy_answered() {
+    let c = Cluster::start(3, ClusterOptions::default()).unwrap();
+    let f = follower_of(&c);
+    apply(&c, f, "gone", "a");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[f].addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut p = PipelineServiceClient::new(ch);
+        let del = || pb::DeletePipelineRequest {
+            name: "gone".into(),
+        };
+        // Through a follower (forwarded), then again with the same id: success again, not
+        // NOT_FOUND. (The retry's index is that of its own log entry, which the node has
+        // applied too: reads at it see the delete.)
+        let first = p.delete_pipeline(with_id(del(), "op-1")).await.unwrap();
+        let again = p.delete_pipeline(with_id(del(), "op-1")).await.unwrap();
+        assert!(again.get_ref().applied_index > first.get_ref().applied_index);
+        // A new operation is a new write, which finds nothing.
+        let other = p.delete_pipeline(with_id(del(), "op-2")).await.unwrap_err();
+        assert_eq!(other.code(), tonic::Code::NotFound, "{other}");
+        // An id that is not one is refused before anything happens.
+        let bad = p
+            .delete_pipeline(with_id(del(), "not/an-id"))
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad}");
+        assert!(bad.message().contains("x-flowctl-request-id"), "{bad}");
+    });
+    // Compare-and-set on the generation, through the CLI.
+    let f2 = write_file(&c, "cas", &doc("cas", "one"));
+    let out = c
+        .flowctl(0, &["apply", "-f", &f2, "--if-generation", "1"])
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist, not 1"), "{err}");
+    let v = c
+        .json(0, &["apply", "-f", &f2, "--if-generation", "0"])
+        .unwrap();
+    assert_eq!(v["generation"], 1);
+    std::fs::write(&f2, doc("cas", "two")).unwrap();
+    let stale = c
+        .flowctl(1, &["apply", "-f", &f2, "--if-generation", "0"])
+        .unwrap();
+    let err = String::from_utf8_lossy(&stale.stderr);
+    assert!(err.contains("is at generation 1, not 0"), "{err}");
+    let v = c
+        .json(1, &["apply", "-f", &f2, "--if-generation", "1"])
+        .unwrap();
+    assert_eq!(v["generation"], 2);
+    let got = c.json(2, &["get", "pipeline", "cas"]).unwrap();
+    assert_eq!(got["generation"], 2);
 }

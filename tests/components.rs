@@ -20,6 +20,7 @@ fn ttl_cluster(ttl_secs: &str) -> Cluster {
         3,
         ClusterOptions {
             extra_args: vec!["--heartbeat-ttl".into(), ttl_secs.into()],
+            ..Default::default()
         },
     )
     .unwrap()
@@ -206,16 +207,18 @@ fn legacy_api_fills_status_fields_and_lists_services() {
             .into_inner();
         assert_eq!(ack.service_id, "stellar-live-source");
         let mut b = ControlPlaneClient::new(channel(&c.nodes[2].addr).await);
-        b.heartbeat(legacy::ServiceHeartbeat {
-            service_id: "stellar-live-source".into(),
-            timestamp: None,
-            metrics: HashMap::from([("ledgers".into(), 7.0)]),
-        })
-        .await
-        .unwrap();
         let mut z = ControlPlaneClient::new(channel(&c.nodes[0].addr).await);
         let mut ok = false;
         for _ in 0..50 {
+            // A component heartbeats on a period: only the leader keeps heartbeats, in memory,
+            // so an election during the test would forget a single one.
+            b.heartbeat(legacy::ServiceHeartbeat {
+                service_id: "stellar-live-source".into(),
+                timestamp: None,
+                metrics: HashMap::from([("ledgers".into(), 7.0)]),
+            })
+            .await
+            .unwrap();
             let list = z.list_services(()).await.unwrap().into_inner();
             assert_eq!(list.services.len(), 1);
             let s = &list.services[0];

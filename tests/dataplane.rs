@@ -191,6 +191,7 @@ fn failed_records_are_indexed_once_across_a_leader_kill_and_replays_complete_the
                 "--heartbeat-ttl".into(),
                 "3".into(),
             ],
+            ..Default::default()
         },
     )
     .unwrap();

@@ -145,6 +145,9 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
                 "--heartbeat-ttl".into(),
                 "3".into(),
             ],
+            // With authentication on: the instances register with their own tokens.
+            secure: true,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -252,6 +255,7 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
             "--endpoints",
             &c.nodes[other].addr,
         ])
+        .env("FLOWCTL_TOKEN_FILE", c.admin_token_file())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -519,4 +523,212 @@ spec:
     let out = c.flowctl(0, &["delete", "pipeline", name]).unwrap();
     assert!(out.status.success());
     wait_until(Duration::from_secs(15), || instances(name).is_empty()).unwrap();
+}
+
+/// A pipeline document named `name` whose `spec:` is `spec` (indented by two spaces).
+fn with_header(name: &str, spec: &str) -> String {
+    format!("apiVersion: flowctl/v1\nkind: Pipeline\nmetadata:\n  name: {name}\nspec:\n{spec}")
+}
+
+/// The cell of the table `text` (columns padded as `flowctl` prints them) in the row whose
+/// first cell is `row`, under the header `column`.
+fn table_cell(text: &str, row: &str, column: &str) -> Option<String> {
+    let mut lines = text.lines();
+    let header = lines.next()?;
+    let starts: Vec<usize> = header
+        .match_indices(|c: char| c != ' ')
+        .filter(|(i, _)| *i == 0 || header[..*i].ends_with("   "))
+        .map(|(i, _)| i)
+        .collect();
+    let col = header.find(column)?;
+    let k = starts.iter().position(|s| *s == col)?;
+    let line = lines.find(|l| l.split_whitespace().next() == Some(row))?;
+    let end = starts
+        .get(k + 1)
+        .copied()
+        .unwrap_or(line.len())
+        .min(line.len());
+    Some(line.get(col..end)?.trim().to_owned())
+}
+
+#[test]
+fn default_tables_show_ready_status_pipeline_and_endpoint_and_logs_are_plain_text() {
+    let c = Cluster::start(1, ClusterOptions::default()).unwrap();
+    let name = "newcomer";
+    // Bare command names, as in examples/stellar-pipeline.yaml: the node finds them beside
+    // its own binary (target/debug), with no PATH set up for them.
+    let doc = with_header(
+        name,
+        r#"  sources:
+    - id: src
+      command: ["source-registration"]
+      output_event_types: [raw_ledger_service.RawLedgerChunk]
+  processors:
+    - id: proc
+      command: ["processor-registration"]
+      inputs: [src]
+      input_event_types: [raw_ledger_service.RawLedgerChunk]
+      output_event_types: [token_transfer.TokenTransferEvent]
+  sinks:
+    - id: sink
+      command: ["consumer-registration"]
+      inputs: [proc]
+      input_event_types: [token_transfer.TokenTransferEvent]
+"#,
+    );
+    let file = c.dir().join("p.yaml");
+    std::fs::write(&file, doc).unwrap();
+    apply(&c, 0, &["--allow-unregistered-types"], &file);
+    let table = |args: &[&str]| {
+        let out = c.flowctl(0, args).unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // `get pipelines`: READY and STATUS are filled in the default table, not only in -o wide.
+    let mut last = String::new();
+    wait_until(Duration::from_secs(30), || {
+        last = table(&["get", "pipelines"]);
+        table_cell(&last, name, "READY").as_deref() == Some("3/3")
+            && table_cell(&last, name, "STATUS").as_deref() == Some("Running")
+    })
+    .unwrap_or_else(|e| panic!("get pipelines: {e}\n{last}\n{}", c.log_tail(0, 30)));
+    assert!(table_cell(&last, name, "AGE").is_some_and(|a| !a.is_empty()));
+
+    // `list`: the pipeline that deployed each component, its health endpoint, and a plain
+    // status (not "healthy (healthy)").
+    let list = table(&["list"]);
+    for id in ["src", "proc", "sink"] {
+        assert_eq!(
+            table_cell(&list, id, "PIPELINE").as_deref(),
+            Some(name),
+            "{list}"
+        );
+        assert_eq!(
+            table_cell(&list, id, "STATUS").as_deref(),
+            Some("healthy"),
+            "{list}"
+        );
+        let endpoint = table_cell(&list, id, "ENDPOINT").unwrap_or_default();
+        assert!(
+            endpoint.starts_with("http://") && endpoint.ends_with("/health"),
+            "{list}"
+        );
+    }
+
+    // `logs`: the components write to a pipe, so their lines carry no ANSI colour codes.
+    let mut logs = String::new();
+    wait_until(Duration::from_secs(10), || {
+        logs = table(&["logs", "proc", "--pipeline", name, "--tail", "20"]);
+        logs.contains("INFO")
+    })
+    .unwrap_or_else(|e| panic!("logs: {e}\n{logs}"));
+    assert!(!logs.contains('\u{1b}'), "{logs:?}");
+}
+
+#[test]
+fn unreachable_broker_is_reported_once_as_topics_failed_naming_it() {
+    let closed = format!("127.0.0.1:{}", flowctl_testkit::free_port());
+    let c = Cluster::start(
+        1,
+        ClusterOptions {
+            extra_args: vec!["--kafka-brokers".into(), closed.clone()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let name = "no-broker";
+    let file = c.dir().join("p.yaml");
+    std::fs::write(&file, pipeline_doc(name, "v1")).unwrap();
+    apply(&c, 0, &["--allow-unregistered-types"], &file);
+    let failed = || {
+        c.json(0, &["describe", "pipeline", name])
+            .map(|v| {
+                v["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|e| e["reason"] == "TopicsFailed")
+                    .map(|e| e["message"].as_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    // The topic creation gives up after 15 s; the event follows at once.
+    wait_until(Duration::from_secs(60), || !failed().is_empty())
+        .unwrap_or_else(|e| panic!("no TopicsFailed event: {e}\n{}", c.log_tail(0, 30)));
+    // The scheduler keeps retrying, but says so once.
+    std::thread::sleep(Duration::from_secs(20));
+    let events = failed();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].contains(&closed), "{events:?}");
+    // Nothing is placed while the topics are missing.
+    assert!(instances(name).is_empty());
+}
+
+#[test]
+fn programs_outside_allowed_commands_fail_to_start_and_delete_stops_grandchildren() {
+    let c = Cluster::start(
+        1,
+        ClusterOptions {
+            extra_args: vec!["--allowed-commands".into(), "/usr/bin/*".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let name = "allowlist";
+    // The source starts a grandchild (sleep) and waits for it; the sink is a program outside
+    // the node's --allowed-commands.
+    let outside = example_bin("consumer-registration");
+    let doc = with_header(
+        name,
+        &format!(
+            r#"  sources:
+    - id: src
+      command: ["/bin/sh", "-c", "sleep 600 & echo started; wait"]
+  sinks:
+    - id: sink
+      command: ["{outside}"]
+      inputs: [src]
+      restart_policy: never
+"#,
+            outside = outside.display()
+        ),
+    );
+    let file = c.dir().join("p.yaml");
+    std::fs::write(&file, doc).unwrap();
+    apply(&c, 0, &[], &file);
+
+    let events = || {
+        c.json(0, &["describe", "pipeline", name])
+            .map(|v| v["events"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let mut seen = Vec::new();
+    wait_until(Duration::from_secs(30), || {
+        seen = events();
+        seen.iter().any(|e| e["reason"] == "StartFailed") && instances(name).len() == 2
+        // sh and its sleep
+    })
+    .unwrap_or_else(|e| panic!("{e}: {seen:#?}\n{:?}", instances(name)));
+    let failed: Vec<&serde_json::Value> = seen
+        .iter()
+        .filter(|e| e["reason"] == "StartFailed")
+        .collect();
+    let msg = failed[0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("consumer-registration") && msg.contains("--allowed-commands (/usr/bin/*)"),
+        "{msg}"
+    );
+    assert_eq!(failed[0]["instance"], "sink/0", "{failed:?}");
+
+    // Deleting the pipeline stops the source's whole process group: no grandchild is left.
+    let out = c.flowctl(0, &["delete", "pipeline", name]).unwrap();
+    assert!(out.status.success());
+    wait_until(Duration::from_secs(20), || instances(name).is_empty())
+        .unwrap_or_else(|e| panic!("left running: {:?}: {e}", instances(name)));
 }

@@ -221,6 +221,38 @@ fn dev_up_runs_the_example_pipeline_and_dev_down_leaves_nothing_behind() {
         logs_of(&env_dir)
     );
 
+    // Authentication is on: the banner's token works, and a call without one is refused.
+    let printed = std::fs::read_to_string(&up.log).unwrap();
+    let token = printed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export FLOWCTL_TOKEN="))
+        .unwrap_or_else(|| panic!("no export FLOWCTL_TOKEN= line:\n{printed}"))
+        .to_owned();
+    let call = |token: Option<&str>| {
+        let mut cmd = Command::new(&up.bin);
+        cmd.args(["get", "pipelines", "--endpoints", endpoint.as_str()])
+            .env_remove("FLOWCTL_TOKEN")
+            .env_remove("FLOWCTL_TOKEN_FILE")
+            .stdin(Stdio::null());
+        if let Some(t) = token {
+            cmd.env("FLOWCTL_TOKEN", t);
+        }
+        cmd.output().unwrap()
+    };
+    let with = call(Some(&token));
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    let without = call(None);
+    assert!(
+        !without.status.success()
+            && String::from_utf8_lossy(&without.stderr).contains("not authenticated"),
+        "{}",
+        String::from_utf8_lossy(&without.stderr)
+    );
+
     // What `dev down` must stop: dev up, its node, and the three component instances.
     let state: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
     assert_eq!(state["pid"], up.child.id());

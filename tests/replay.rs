@@ -63,6 +63,7 @@ fn cluster(broker: &EmbeddedBroker) -> Cluster {
                 "--heartbeat-ttl".into(),
                 "3".into(),
             ],
+            ..Default::default()
         },
     )
     .unwrap()

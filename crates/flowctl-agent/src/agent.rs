@@ -99,10 +99,7 @@ impl Agent {
         // Range replay commands get their own connections, so that a long-lived stream and
         // heartbeats never queue behind each other.
         let chunk_client = if config.enabled {
-            Some(
-                flowctl_client::Client::new(&config.endpoints, config.request_timeout)
-                    .map_err(Error::Endpoints)?,
-            )
+            Some(crate::control_plane::client(&config)?)
         } else {
             None
         };

@@ -3,6 +3,9 @@
 //! Parsing is a pure function of a variable lookup (`AgentConfig::from_vars`), so tests feed it
 //! a map; `AgentConfig::from_env` only adapts the process environment to that lookup. Every bad
 //! value is reported, each naming its variable, rather than stopping at the first.
+//!
+//! `FLOWCTL_TOKEN` is a secret: no `Debug` output or error message ever contains it (they
+//! show [`REDACTED`] instead).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -29,6 +32,12 @@ pub const ENV_REQUEST_TIMEOUT: &str = "FLOWCTL_REQUEST_TIMEOUT";
 pub const ENV_HEALTH_HOST: &str = "HEALTH_HOST";
 /// Port of the health server; `0` or unset picks a free port.
 pub const ENV_HEALTH_PORT: &str = "HEALTH_PORT";
+/// A bearer token sent on every control-plane call (`authorization: Bearer <token>`). Unset:
+/// no credentials, as the original Go components.
+pub const ENV_TOKEN: &str = "FLOWCTL_TOKEN";
+
+/// What `Debug` output and error messages show in place of a token.
+pub const REDACTED: &str = "<set>";
 
 /// Every variable the agent reads.
 pub const ENV_VARS: &[&str] = &[
@@ -41,6 +50,10 @@ pub const ENV_VARS: &[&str] = &[
     ENV_REQUEST_TIMEOUT,
     ENV_HEALTH_HOST,
     ENV_HEALTH_PORT,
+    ENV_TOKEN,
+    flowctl_client::ENV_CACERT,
+    flowctl_client::ENV_CERT,
+    flowctl_client::ENV_KEY,
 ];
 
 /// The control-plane endpoint when `FLOWCTL_ENDPOINT` is unset, as in the original.
@@ -112,12 +125,40 @@ impl fmt::Display for ComponentId {
     }
 }
 
+/// A bearer token for the control plane. It is never blank and can always be sent in a
+/// header; its `Debug` output is [`REDACTED`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// Checks and wraps a token (trimmed). The error never repeats the token.
+    pub fn new(token: impl Into<String>) -> Result<Self, String> {
+        let token = token.into().trim().to_owned();
+        if token.is_empty() {
+            return Err("the token is empty".to_owned());
+        }
+        flowctl_proto::auth::Bearer::new(Some(&token))?;
+        Ok(BearerToken(token))
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
 /// One bad environment variable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvProblem {
     /// The variable's name.
     pub var: &'static str,
-    /// Its value as found (lossy for non-UTF-8 values).
+    /// Its value as found (lossy for non-UTF-8 values), or [`REDACTED`] for a secret.
     pub value: String,
     /// What is wrong and what would be accepted.
     pub reason: String,
@@ -145,6 +186,21 @@ pub struct AgentConfig {
     pub component_id: Option<ComponentId>,
     /// Where the health server binds; port 0 picks a free port.
     pub health_addr: SocketAddr,
+    /// Sent on every control-plane call; `None` sends no credentials.
+    pub token: Option<BearerToken>,
+    /// TLS to the control plane: the CA to trust (`FLOWCTL_CACERT`, which the supervisor
+    /// sets when the node's public port has TLS) and a client certificate and key
+    /// (`FLOWCTL_CERT`, `FLOWCTL_KEY`). Any of them set makes bare endpoints use TLS.
+    pub tls: TlsFiles,
+}
+
+/// PEM files for TLS to the control plane; all unset means plaintext (unless an endpoint is
+/// written `https://`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsFiles {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -158,6 +214,8 @@ impl Default for AgentConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             component_id: None,
             health_addr: SocketAddr::new(DEFAULT_HEALTH_HOST, 0),
+            token: None,
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -194,7 +252,11 @@ impl AgentConfig {
                 Err(lossy) => {
                     problems.push(EnvProblem {
                         var,
-                        value: lossy,
+                        value: if var == ENV_TOKEN {
+                            REDACTED.to_owned()
+                        } else {
+                            lossy
+                        },
                         reason: "not valid UTF-8".to_owned(),
                     });
                     None
@@ -210,6 +272,12 @@ impl AgentConfig {
         let timeout = get(ENV_REQUEST_TIMEOUT);
         let host = get(ENV_HEALTH_HOST);
         let port = get(ENV_HEALTH_PORT);
+        let token = get(ENV_TOKEN);
+        let tls = TlsFiles {
+            ca: get(flowctl_client::ENV_CACERT).map(Into::into),
+            cert: get(flowctl_client::ENV_CERT).map(Into::into),
+            key: get(flowctl_client::ENV_KEY).map(Into::into),
+        };
 
         let mut config = AgentConfig::default();
         let mut bad = |var: &'static str, value: &str, reason: String| {
@@ -301,6 +369,14 @@ impl AgentConfig {
             }
         }
 
+        if let Some(v) = token {
+            match BearerToken::new(v) {
+                Ok(t) => config.token = Some(t),
+                Err(reason) => bad(ENV_TOKEN, REDACTED, reason),
+            }
+        }
+
+        config.tls = tls;
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -599,6 +675,52 @@ mod tests {
         }
         let c = parse(&[("FLOWCTL_ENDPOINT", "[::1]:8080")]).unwrap();
         assert_eq!(c.endpoints, vec!["[::1]:8080"]);
+    }
+
+    #[test]
+    fn flowctl_token_is_read_and_never_printed() {
+        let c = parse(&[("FLOWCTL_TOKEN", " s3cret-token\n")]).unwrap();
+        assert_eq!(
+            c.token.as_ref().map(BearerToken::expose),
+            Some("s3cret-token")
+        );
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("token: Some(<set>)"), "{debug}");
+    }
+
+    #[test]
+    fn no_flowctl_token_means_no_credentials() {
+        assert_eq!(parse(&[]).unwrap().token, None);
+        assert_eq!(parse(&[("FLOWCTL_TOKEN", "  ")]).unwrap().token, None);
+    }
+
+    #[test]
+    fn a_bad_flowctl_token_is_reported_without_its_value() {
+        let p = problems(&[("FLOWCTL_TOKEN", "s3cr\u{1}t")]);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].var, "FLOWCTL_TOKEN");
+        let msg = Error::Config { problems: p }.to_string();
+        assert!(!msg.contains("s3cr"), "{msg}");
+        assert!(msg.contains("FLOWCTL_TOKEN=\"<set>\""), "{msg}");
+    }
+
+    #[test]
+    fn a_non_utf8_flowctl_token_is_reported_without_its_value() {
+        let e = AgentConfig::parse(|var| {
+            if var == ENV_TOKEN {
+                Err("s3cr\u{fffd}t".to_owned())
+            } else {
+                Ok(None)
+            }
+        })
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("FLOWCTL_TOKEN=\"<set>\": not valid UTF-8"),
+            "{msg}"
+        );
+        assert!(!msg.contains("s3cr"), "{msg}");
     }
 
     #[test]

@@ -17,9 +17,7 @@ use crate::config::{AgentConfig, Api, ComponentId};
 use crate::metrics::Value;
 use crate::Error;
 
-/// The metadata key under which the agent tells the v1 API where its health endpoint is (the
-/// legacy API has a field for it).
-pub const HEALTH_ENDPOINT_METADATA_KEY: &str = "health_endpoint";
+pub use flowctl_proto::v1::HEALTH_ENDPOINT_METADATA_KEY;
 
 /// The id the control plane knows this component instance by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,10 +64,8 @@ pub(crate) struct ControlPlane {
 
 impl ControlPlane {
     pub(crate) fn new(config: &AgentConfig) -> Result<Self, Error> {
-        let client =
-            Client::new(&config.endpoints, config.request_timeout).map_err(Error::Endpoints)?;
         Ok(ControlPlane {
-            client,
+            client: client(config)?,
             api: config.api,
         })
     }
@@ -175,6 +171,28 @@ impl ControlPlane {
             Api::Legacy => Ok(false),
         }
     }
+}
+
+/// A client of the configured endpoints that sends the configured token (if any) on every
+/// call: registration, heartbeats, unregistration, chunk commands and reports.
+pub(crate) fn client(config: &AgentConfig) -> Result<Client, Error> {
+    use flowctl_client::{TlsSetting, ENV_CACERT, ENV_CERT, ENV_KEY};
+    fn setting<'a>(name: &'static str, path: &'a Option<std::path::PathBuf>) -> TlsSetting<'a> {
+        TlsSetting {
+            name,
+            path: path.as_deref(),
+        }
+    }
+    let tls = flowctl_client::tls_config(
+        setting(ENV_CACERT, &config.tls.ca),
+        setting(ENV_CERT, &config.tls.cert),
+        setting(ENV_KEY, &config.tls.key),
+    )
+    .map_err(Error::Tls)?;
+    Client::new_with_tls(&config.endpoints, config.request_timeout, tls)
+        .map_err(Error::Endpoints)?
+        .with_token(config.token.as_ref().map(|t| t.expose()))
+        .map_err(Error::Token)
 }
 
 fn requested_id(input: &RegisterInput<'_>) -> String {

@@ -17,7 +17,8 @@
 //! ```
 //!
 //! What it does: reads its configuration from the environment the deployer sets
-//! ([`AgentConfig::from_env`]); registers with any node of a flowctl cluster, retrying with
+//! ([`AgentConfig::from_env`]), including an optional bearer token (`FLOWCTL_TOKEN`) that every
+//! control-plane call carries; registers with any node of a flowctl cluster, retrying with
 //! backoff and jitter and failing over across endpoints; heartbeats on a jittered interval with
 //! the component's health and counters; registers again when the control plane answers a
 //! heartbeat with `NOT_FOUND`; unregisters on shutdown; and serves `/health` (JSON) and
@@ -66,10 +67,11 @@ pub use chunks::{
 };
 pub use component::{ComponentDescription, ComponentKind, HealthStatus};
 pub use config::{
-    parse_go_duration, AgentConfig, Api, ComponentId, EnvProblem, DEFAULT_ENDPOINT,
+    parse_go_duration, AgentConfig, Api, BearerToken, ComponentId, EnvProblem, DEFAULT_ENDPOINT,
     DEFAULT_HEALTH_HOST, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_REQUEST_TIMEOUT, ENV_API,
     ENV_COMPONENT_ID, ENV_ENABLE, ENV_ENDPOINT, ENV_HEALTH_HOST, ENV_HEALTH_PORT,
-    ENV_HEARTBEAT_INTERVAL, ENV_HEARTBEAT_INTERVAL_MS, ENV_REQUEST_TIMEOUT, ENV_VARS,
+    ENV_HEARTBEAT_INTERVAL, ENV_HEARTBEAT_INTERVAL_MS, ENV_REQUEST_TIMEOUT, ENV_TOKEN, ENV_VARS,
+    REDACTED,
 };
 pub use control_plane::{Registration, ServiceId, HEALTH_ENDPOINT_METADATA_KEY};
 pub use http::HTTP_SHUTDOWN_GRACE;
@@ -87,6 +89,12 @@ pub enum Error {
     Config { problems: Vec<EnvProblem> },
     #[error("invalid control-plane endpoint list")]
     Endpoints(#[source] flowctl_client::Error),
+    /// A TLS file (FLOWCTL_CACERT, FLOWCTL_CERT, FLOWCTL_KEY) cannot be used.
+    #[error("invalid control-plane TLS setting")]
+    Tls(#[source] flowctl_client::Error),
+    /// The control-plane token cannot be sent (the message never contains it).
+    #[error("invalid control-plane token ({ENV_TOKEN})")]
+    Token(#[source] flowctl_client::Error),
     #[error("cannot bind the health server to {addr}")]
     BindHealth {
         addr: SocketAddr,
@@ -125,6 +133,19 @@ fn join(problems: &[EnvProblem]) -> String {
 /// Resolves on SIGTERM or SIGINT (Ctrl-C): what a component waits on to shut down gracefully.
 /// If the signal handlers cannot be installed it logs why and never resolves, since a
 /// component that cannot be stopped gracefully can still be killed.
+/// Logs to standard error at `RUST_LOG` (default `info`), coloured only when standard error is
+/// a terminal: under the supervisor it is a log file, and `flowctl logs` shows it verbatim.
+pub fn init_tracing() {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {

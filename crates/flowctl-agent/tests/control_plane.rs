@@ -674,3 +674,66 @@ async fn shutdown_is_bounded_when_the_control_plane_is_gone() {
         started.elapsed()
     );
 }
+
+/// Serves `fake` behind an interceptor that records every call's `authorization` header.
+fn serve_v1_recording_auth(
+    listener: TcpListener,
+    fake: FakeV1,
+) -> (Server, Arc<Mutex<Vec<Option<String>>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let service = ControlPlaneServiceServer::with_interceptor(fake, move |req: Request<()>| {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned());
+        record.lock().unwrap().push(header);
+        Ok(req)
+    });
+    let router = tonic::transport::Server::builder().add_service(service);
+    (Server::spawn(listener, router), seen)
+}
+
+/// Runs an agent through register, a heartbeat and unregister; returns each call's
+/// `authorization` header.
+async fn authorization_headers(token: Option<&str>) -> Vec<Option<String>> {
+    let fake = FakeV1::default();
+    let (server, seen) = serve_v1_recording_auth(listen().await, fake.clone());
+    let mut cfg = config(&[server.addr]);
+    cfg.component_id = ComponentId::new("ttp-processor");
+    cfg.token = token.map(|t| flowctl_agent::BearerToken::new(t).unwrap());
+    let agent = Agent::start(cfg, processor(), CancellationToken::new())
+        .await
+        .unwrap();
+    agent.wait_registered(WAIT).await.unwrap();
+    eventually("a heartbeat", || {
+        !fake.0.lock().unwrap().heartbeats.is_empty()
+    })
+    .await;
+    shutdown(&agent).await;
+    let s = fake.0.lock().unwrap();
+    assert_eq!(s.unregisters, ["ttp-processor"]);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        s.registers.len() + s.heartbeats.len() + s.unregisters.len()
+    );
+    seen
+}
+
+#[tokio::test]
+async fn every_control_plane_call_carries_the_configured_token() {
+    init_tracing();
+    let seen = authorization_headers(Some("t0ken")).await;
+    assert!(
+        seen.iter().all(|h| h.as_deref() == Some("Bearer t0ken")),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_token_the_agent_sends_no_credentials() {
+    init_tracing();
+    let seen = authorization_headers(None).await;
+    assert!(seen.iter().all(Option::is_none), "{seen:?}");
+}

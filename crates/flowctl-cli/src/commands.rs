@@ -5,26 +5,32 @@ use crate::{ConsistencyArg, Format, Global};
 use anyhow::Context;
 use flowctl_client::proto::admin::v1 as pb;
 use flowctl_client::proto::admin::v1::cluster_service_client::ClusterServiceClient;
+use flowctl_client::proto::admin::v1::component_service_client::ComponentServiceClient;
 use flowctl_client::proto::admin::v1::pipeline_service_client::PipelineServiceClient;
-use flowctl_client::{parse_endpoints, Client, MAX_REPLY_BYTES};
+use flowctl_client::{parse_endpoints, AuthChannel, Client, MAX_REPLY_BYTES};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tonic::transport::Channel;
 
+/// A client of `--endpoints` that sends the invocation's token (if any) on every call, over
+/// TLS as `--cacert`, `--cert` and `--key` say.
 pub(crate) fn client(g: &Global) -> anyhow::Result<Client> {
-    Ok(Client::new(
+    let token = crate::credentials::token(g)?;
+    let tls = crate::credentials::tls()?;
+    Ok(Client::new_with_tls(
         &parse_endpoints(&g.endpoints),
         Duration::from_secs(g.timeout),
-    )?)
+        tls,
+    )?
+    .with_token(token.as_deref())?)
 }
 
-fn pipelines(ch: Channel) -> PipelineServiceClient<Channel> {
+fn pipelines(ch: AuthChannel) -> PipelineServiceClient<AuthChannel> {
     PipelineServiceClient::new(ch)
         .max_decoding_message_size(MAX_REPLY_BYTES)
         .max_encoding_message_size(MAX_REPLY_BYTES)
 }
 
-fn clusters(ch: Channel) -> ClusterServiceClient<Channel> {
+fn clusters(ch: AuthChannel) -> ClusterServiceClient<AuthChannel> {
     ClusterServiceClient::new(ch).max_decoding_message_size(MAX_REPLY_BYTES)
 }
 
@@ -40,6 +46,10 @@ pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
     let msg = s.message().replace('\n', " ");
     match s.code() {
         tonic::Code::Unavailable => anyhow::anyhow!("cluster unavailable: {msg}"),
+        tonic::Code::Unauthenticated => anyhow::anyhow!(
+            "not authenticated: {msg} (give a token with --token, --token-file or FLOWCTL_TOKEN)"
+        ),
+        tonic::Code::PermissionDenied => anyhow::anyhow!("permission denied: {msg}"),
         tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
             anyhow::anyhow!("request rejected: {msg}")
         }
@@ -121,6 +131,8 @@ fn pipeline_rows(ps: &[pb::Pipeline], wide: bool) -> Vec<Vec<String>> {
                 p.name.clone(),
                 p.id.clone(),
                 p.generation.to_string(),
+                format!("{}/{}", p.ready, p.desired),
+                p.status.clone(),
                 age(created, now),
             ]
         });
@@ -205,13 +217,26 @@ fn line_diff(old: &str, new: &str) -> Vec<String> {
     out
 }
 
-pub async fn apply(
-    g: &Global,
-    file: &str,
-    dry_run: bool,
-    allow_unregistered_types: bool,
-) -> anyhow::Result<()> {
+/// How `flowctl apply` stores.
+pub struct ApplyOptions {
+    pub dry_run: bool,
+    pub allow_unregistered_types: bool,
+    pub if_generation: Option<u64>,
+}
+
+pub async fn apply(g: &Global, file: &str, opts: &ApplyOptions) -> anyhow::Result<()> {
+    let ApplyOptions {
+        dry_run,
+        allow_unregistered_types,
+        if_generation,
+    } = *opts;
     let inputs = apply_inputs(file)?;
+    if if_generation.is_some() && inputs.len() != 1 {
+        anyhow::bail!(
+            "--if-generation applies to one document; {file} has {}",
+            inputs.len()
+        );
+    }
     // Check every file locally first (the same rules the server applies), so that a bad file
     // in a directory stops the whole apply before anything is stored.
     for (name, text) in &inputs {
@@ -225,6 +250,7 @@ pub async fn apply(
             file_name: name,
             dry_run,
             allow_unregistered_types,
+            if_generation,
         };
         let resp = c
             .call(|ch| {
@@ -542,6 +568,7 @@ fn member_json(m: &pb::Member) -> Value {
     json!({
         "id": m.id,
         "addr": m.addr,
+        "peer_addr": m.peer_addr,
         "role": role_name(m.role),
         "voter": m.voter,
         "term": m.term,
@@ -561,6 +588,7 @@ fn member_rows(ms: &[pb::Member], wide: bool) -> Vec<Vec<String>> {
     .collect::<Vec<_>>()];
     if wide {
         rows[0].push("LAST LOG".into());
+        rows[0].push("PEER ADDRESS".into());
     }
     for m in ms {
         let reachable = m.role != pb::MemberRole::Unreachable as i32;
@@ -577,6 +605,7 @@ fn member_rows(ms: &[pb::Member], wide: bool) -> Vec<Vec<String>> {
         ];
         if wide {
             r.push(num(m.last_log_index));
+            r.push(m.peer_addr.clone());
         }
         rows.push(r);
     }
@@ -662,11 +691,8 @@ pub struct ComponentFilter {
     pub watch: bool,
 }
 
-fn components_client(
-    ch: Channel,
-) -> flowctl_client::proto::admin::v1::component_service_client::ComponentServiceClient<Channel> {
-    flowctl_client::proto::admin::v1::component_service_client::ComponentServiceClient::new(ch)
-        .max_decoding_message_size(MAX_REPLY_BYTES)
+fn components_client(ch: AuthChannel) -> ComponentServiceClient<AuthChannel> {
+    ComponentServiceClient::new(ch).max_decoding_message_size(MAX_REPLY_BYTES)
 }
 
 fn component_json(c: &pb::Component) -> Value {
@@ -718,7 +744,11 @@ fn component_rows(cs: &[pb::Component], wide: bool) -> Vec<Vec<String>> {
         }
     };
     for c in cs {
-        let status = if c.reported_status.is_empty() || c.status == "unhealthy" {
+        // The reported status is shown only where it adds something ("healthy (degraded)").
+        let status = if c.reported_status.is_empty()
+            || c.status == "unhealthy"
+            || c.reported_status.eq_ignore_ascii_case(&c.status)
+        {
             c.status.clone()
         } else {
             format!("{} ({})", c.status, c.reported_status.to_lowercase())
@@ -835,19 +865,27 @@ pub struct LogsArgs {
     pub timestamps: bool,
 }
 
-/// Parses `30s`, `10m`, `2h` or `1d`.
+/// Parses `--since`: `30s`, `10m`, `2h` or `1d`.
 pub(crate) fn parse_since(s: &str) -> anyhow::Result<Duration> {
+    parse_duration("--since", s)
+}
+
+/// Parses a duration flag's `30s`, `10m`, `2h` or `1d`; errors name `flag`.
+pub(crate) fn parse_duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
         .parse()
-        .map_err(|_| anyhow::anyhow!("--since {s:?}: expected a number with s, m, h or d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => anyhow::bail!("--since {s:?}: the unit must be s, m, h or d"),
+        .map_err(|_| anyhow::anyhow!("{flag} {s:?}: expected a number with s, m, h or d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => anyhow::bail!("{flag} {s:?}: the unit must be s, m, h or d"),
     };
+    let secs = n
+        .checked_mul(scale)
+        .ok_or_else(|| anyhow::anyhow!("{flag} {s:?}: too large"))?;
     Ok(Duration::from_secs(secs))
 }
 
@@ -894,6 +932,33 @@ mod tests {
         assert_eq!(parse_since("2h").unwrap(), Duration::from_secs(7200));
         assert!(parse_since("ten").is_err());
         assert!(parse_since("5y").is_err());
+    }
+
+    #[test]
+    fn duration_errors_name_their_flag() {
+        assert_eq!(
+            parse_duration("--ttl", "90d").unwrap().as_secs(),
+            90 * 86400
+        );
+        let e = parse_duration("--ttl", "1w").unwrap_err().to_string();
+        assert!(e.starts_with("--ttl \"1w\""), "{e}");
+        assert!(parse_duration("--ttl", "99999999999999999d").is_err());
+    }
+
+    #[test]
+    fn auth_failures_read_as_one_line_with_a_hint() {
+        let e = status_err(tonic::Status::unauthenticated("token expired"));
+        assert_eq!(
+            e.to_string(),
+            "not authenticated: token expired (give a token with --token, --token-file or FLOWCTL_TOKEN)"
+        );
+        let e = status_err(tonic::Status::permission_denied(
+            "role reader may not apply pipelines;\nan operator role is needed",
+        ));
+        assert_eq!(
+            e.to_string(),
+            "permission denied: role reader may not apply pipelines; an operator role is needed"
+        );
     }
 
     #[test]

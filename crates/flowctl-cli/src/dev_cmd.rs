@@ -50,8 +50,10 @@ const STATE_VERSION: u32 = 1;
 /// The pipeline `dev up` applies when `--pipeline` is not given, looked up from the current
 /// directory and the flowctl binary's directory upwards.
 const DEFAULT_PIPELINE: &str = "examples/stellar-pipeline.yaml";
-/// Node `i` serves gRPC on `base + i` and metrics on `base + METRICS_PORT_OFFSET + i`.
+/// Node `i` serves gRPC on `base + i`, metrics on `base + METRICS_PORT_OFFSET + i` and its
+/// peer port on `base + PEER_PORT_OFFSET + i`.
 const METRICS_PORT_OFFSET: u16 = 10;
+const PEER_PORT_OFFSET: u16 = 20;
 const STATUS_REFRESH: Duration = Duration::from_secs(2);
 /// Deadline of each API call of the live table, so a stopped cluster does not stall it.
 const TABLE_API_TIMEOUT: Duration = Duration::from_secs(3);
@@ -107,7 +109,7 @@ fn parse_nodes(s: &str) -> Result<u16, String> {
 
 pub async fn run(g: &Global, cmd: DevCmd) -> anyhow::Result<()> {
     match cmd {
-        DevCmd::Up(a) => up(a).await,
+        DevCmd::Up(a) => up(g, a).await,
         DevCmd::Down => down().await,
         DevCmd::Status => status(g).await,
     }
@@ -146,6 +148,9 @@ struct DevState {
     pipeline: String,
     pipeline_file: PathBuf,
     nodes: Vec<NodeState>,
+    /// The admin token's file (node 0 creates the cluster with `--auth`).
+    #[serde(default)]
+    admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -310,17 +315,10 @@ fn alive(pid: u32, start: u64) -> bool {
     }
 }
 
-/// Sends a signal with kill(1): this crate denies `unsafe`, and kill(2) needs it.
-async fn send_signal(pid: u32, sig: &str) -> bool {
-    tokio::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|s| s.success())
+/// Sends `sig` to `pid`; false if there is no such process (or it is not ours).
+fn send_signal(pid: u32, sig: rustix::process::Signal) -> bool {
+    rustix::process::Pid::from_raw(pid as i32)
+        .is_some_and(|p| rustix::process::kill_process(p, sig).is_ok())
 }
 
 /// `setpriv` if it can set a parent-death signal here.
@@ -371,11 +369,10 @@ struct Ports {
 
 impl Ports {
     fn new(base: u16, nodes: u16) -> anyhow::Result<Self> {
-        if base == 0 || u32::from(base) + u32::from(METRICS_PORT_OFFSET) + u32::from(nodes) > 65_536
-        {
+        if base == 0 || u32::from(base) + u32::from(PEER_PORT_OFFSET) + u32::from(nodes) > 65_536 {
             bail!(
                 "--base-port {base}: the ports {base}..{} must be between 1 and 65535",
-                u32::from(base) + u32::from(METRICS_PORT_OFFSET) + u32::from(nodes)
+                u32::from(base) + u32::from(PEER_PORT_OFFSET) + u32::from(nodes)
             );
         }
         Ok(Ports { base, nodes })
@@ -389,6 +386,10 @@ impl Ports {
         self.base + METRICS_PORT_OFFSET + i
     }
 
+    fn peer(&self, i: u16) -> u16 {
+        self.base + PEER_PORT_OFFSET + i
+    }
+
     /// Every port with what it is for.
     fn all(&self) -> Vec<(u16, String)> {
         (0..self.nodes)
@@ -396,6 +397,7 @@ impl Ports {
                 [
                     (self.grpc(i), format!("node {i} gRPC")),
                     (self.metrics(i), format!("node {i} metrics")),
+                    (self.peer(i), format!("node {i} peer")),
                 ]
             })
             .collect()
@@ -502,9 +504,12 @@ struct DevEnv {
     setpriv: Option<&'static str>,
     broker: Option<flowctl_bus::EmbeddedBroker>,
     nodes: Vec<NodeProc>,
+    /// The invocation's token, resolved once; every call to the cluster sends it.
+    token: Option<String>,
 }
 
-async fn up(a: UpArgs) -> anyhow::Result<()> {
+async fn up(g: &Global, a: UpArgs) -> anyhow::Result<()> {
+    let token = crate::credentials::token(g)?;
     let exe = std::env::current_exe().context("cannot find the flowctl binary")?;
     let exe_dir = exe
         .parent()
@@ -550,6 +555,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         pipeline: pipeline.name().to_owned(),
         pipeline_file,
         nodes: Vec::new(),
+        admin_token_file: None,
     };
     // Claim before checking ports: a second `dev up` should hear that one is running, not
     // that its ports are taken.
@@ -564,6 +570,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         setpriv: setpriv(),
         broker: None,
         nodes: Vec::new(),
+        token,
     };
     let mut signals = match Signals::new() {
         Ok(s) => s,
@@ -620,6 +627,7 @@ impl DevEnv {
             // Node 0 initializes the cluster; the others can only join once it serves.
             if i == 0 {
                 self.wait_ready(0..1).await?;
+                self.use_admin_token().await?;
             }
         }
         self.wait_ready(0..n).await?;
@@ -633,10 +641,7 @@ impl DevEnv {
         if !tty {
             print!("{banner}");
         }
-        let c = flowctl_client::Client::new(
-            &flowctl_client::parse_endpoints(&self.state.endpoints),
-            TABLE_API_TIMEOUT,
-        )?;
+        let c = self.client()?;
         loop {
             self.poll_exits();
             let snap = Snapshot::fetch(&c, &self.state.pipeline).await;
@@ -651,6 +656,34 @@ impl DevEnv {
             let _ = std::io::stdout().flush();
             tokio::time::sleep(STATUS_REFRESH).await;
         }
+    }
+
+    /// From now on every call of this environment carries the admin token that node 0 wrote
+    /// when it created the cluster (the invocation's own token is for another cluster).
+    async fn use_admin_token(&mut self) -> anyhow::Result<()> {
+        let path = self.state.dir.join("node0").join("admin.token");
+        let until = std::time::Instant::now() + READY_TIMEOUT;
+        let token = loop {
+            match std::fs::read_to_string(&path) {
+                Ok(t) if !t.trim().is_empty() => break t.trim().to_owned(),
+                _ if std::time::Instant::now() > until => {
+                    bail!("node 0 wrote no admin token to {}", path.display())
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        self.token = Some(token);
+        self.state.admin_token_file = Some(path);
+        self.save()
+    }
+
+    /// A client of this environment's nodes for the live table and the startup checks.
+    fn client(&self) -> anyhow::Result<flowctl_client::Client> {
+        Ok(flowctl_client::Client::new(
+            &flowctl_client::parse_endpoints(&self.state.endpoints),
+            TABLE_API_TIMEOUT,
+        )?
+        .with_token(self.token.as_deref())?)
     }
 
     fn make_dir(&mut self) -> anyhow::Result<()> {
@@ -703,17 +736,24 @@ impl DevEnv {
         cmd.arg("server")
             .arg("--listen")
             .arg(&st.addr)
+            .arg("--peer-listen")
+            .arg(format!("127.0.0.1:{}", self.ports.peer(i)))
             .arg("--metrics-port")
             .arg(self.ports.metrics(i).to_string())
             .arg("--data-dir")
             .arg(&st.data_dir);
-        if i > 0 {
+        // Authentication on: node 0 creates the credentials, the others join with its peer
+        // secret.
+        if i == 0 {
+            cmd.arg("--auth");
+        } else {
             cmd.arg("--join")
-                .arg(format!("127.0.0.1:{}", self.ports.grpc(0)));
+                .arg(format!("127.0.0.1:{}", self.ports.peer(0)))
+                .arg("--peer-token-file")
+                .arg(self.state.dir.join("node0").join("peer.token"));
         }
-        if !self.state.kafka_brokers.is_empty() {
-            cmd.arg("--kafka-brokers").arg(&self.state.kafka_brokers);
-        }
+        // Always given, so that an empty one (no broker) does not mean localhost:9092.
+        cmd.arg(format!("--kafka-brokers={}", self.state.kafka_brokers));
         // Components are bare program names resolved through the server's PATH; the example
         // binaries are built next to flowctl.
         let mut path = vec![self.exe_dir.clone()];
@@ -796,10 +836,7 @@ impl DevEnv {
 
     async fn wait_for_voters(&mut self) -> anyhow::Result<()> {
         let n = self.nodes.len();
-        let c = flowctl_client::Client::new(
-            &flowctl_client::parse_endpoints(&self.state.endpoints),
-            TABLE_API_TIMEOUT,
-        )?;
+        let c = self.client()?;
         let until = Instant::now() + VOTERS_TIMEOUT;
         loop {
             self.check_exited()?;
@@ -845,6 +882,17 @@ impl DevEnv {
                 .arg("-I")
                 .arg(dir)
                 .env("FLOWCTL_ENDPOINTS", &self.state.endpoints)
+                // The resolved token exactly (empty means none), not a second resolution.
+                .env(
+                    crate::credentials::ENV_TOKEN,
+                    self.token.as_deref().unwrap_or(""),
+                )
+                .env_remove(crate::credentials::ENV_TOKEN_FILE)
+                // The dev cluster is plaintext: TLS settings of the caller's shell would switch
+                // its bare endpoints to TLS.
+                .env_remove(flowctl_client::ENV_CACERT)
+                .env_remove(flowctl_client::ENV_CERT)
+                .env_remove(flowctl_client::ENV_KEY)
                 .stdin(Stdio::null())
                 .output()
                 .await
@@ -870,11 +918,22 @@ impl DevEnv {
             output: Format::Table,
             consistency: ConsistencyArg::Linearizable,
             timeout: 30,
+            // An explicit token (empty means none), so the environment is not read again.
+            token: Some(self.token.clone().unwrap_or_default().into()),
+            token_file: None,
         };
         let file = self.state.pipeline_file.display().to_string();
-        crate::commands::apply(&g, &file, false, false)
-            .await
-            .with_context(|| format!("while applying {file}"))
+        crate::commands::apply(
+            &g,
+            &file,
+            &crate::commands::ApplyOptions {
+                dry_run: false,
+                allow_unregistered_types: false,
+                if_generation: None,
+            },
+        )
+        .await
+        .with_context(|| format!("while applying {file}"))
     }
 
     fn banner(&self) -> String {
@@ -892,6 +951,7 @@ impl DevEnv {
         format!(
             "flowctl dev: pipeline {} from {}\n\
              \x20 export FLOWCTL_ENDPOINTS={}\n\
+             \x20 export FLOWCTL_TOKEN={}\n\
              \x20 Kafka brokers:  {} ({broker})\n\
              \x20 data and logs:  {}{dir_note}\n\
              \x20                 nodeN.log, nodeN/logs/{}/<component>.log, or `flowctl logs <component>`\n\
@@ -900,6 +960,7 @@ impl DevEnv {
             s.pipeline,
             s.pipeline_file.display(),
             s.endpoints,
+            self.token.as_deref().unwrap_or(""),
             s.kafka_brokers,
             s.dir.display(),
             s.pipeline,
@@ -929,7 +990,7 @@ impl DevEnv {
         let _ = self.save();
         self.poll_exits();
         for n in self.nodes.iter().filter(|n| n.exited.is_none()) {
-            send_signal(n.state.pid, "TERM").await;
+            send_signal(n.state.pid, rustix::process::Signal::TERM);
         }
         let until = Instant::now() + STOP_GRACE;
         loop {
@@ -1298,8 +1359,14 @@ async fn status(g: &Global) -> anyhow::Result<()> {
             state.pid
         );
     }
+    // The environment's own admin token, not the invocation's.
     let g = Global {
         endpoints: state.endpoints.clone(),
+        token: None,
+        token_file: state
+            .admin_token_file
+            .clone()
+            .or_else(|| g.token_file.clone()),
         ..g.clone()
     };
     let c = client(&g)?;
@@ -1312,6 +1379,9 @@ async fn status(g: &Global) -> anyhow::Result<()> {
         }
         _ => {
             println!("export FLOWCTL_ENDPOINTS={}", state.endpoints);
+            if let Some(f) = &state.admin_token_file {
+                println!("export FLOWCTL_TOKEN_FILE={}", f.display());
+            }
             println!(
                 "Kafka brokers: {}{}",
                 state.kafka_brokers,
@@ -1441,10 +1511,10 @@ async fn down() -> anyhow::Result<()> {
     }
     // `dev up` stops its nodes in order; nodes whose `dev up` is gone are stopped here.
     if state.up_alive() {
-        send_signal(state.pid, "TERM").await;
+        send_signal(state.pid, rustix::process::Signal::TERM);
     } else {
         for n in state.nodes.iter().filter(|n| alive(n.pid, n.pid_start)) {
-            send_signal(n.pid, "TERM").await;
+            send_signal(n.pid, rustix::process::Signal::TERM);
         }
     }
     let starts: HashMap<u32, u64> = std::iter::once((state.pid, state.pid_start))
@@ -1466,7 +1536,7 @@ async fn down() -> anyhow::Result<()> {
     let stuck = left(&starts);
     if !stuck.is_empty() {
         for pid in &stuck {
-            send_signal(*pid, "KILL").await;
+            send_signal(*pid, rustix::process::Signal::KILL);
         }
         let until = Instant::now() + KILL_TIMEOUT;
         while !left(&starts).is_empty() && Instant::now() < until {
@@ -1532,10 +1602,10 @@ mod tests {
     fn ports_are_laid_out_from_the_base_and_must_fit() {
         let p = Ports::new(18080, 3).unwrap();
         assert_eq!(
-            (p.grpc(2), p.metrics(0), p.metrics(2)),
-            (18082, 18090, 18092)
+            (p.grpc(2), p.metrics(0), p.metrics(2), p.peer(2)),
+            (18082, 18090, 18092, 18102)
         );
-        assert_eq!(p.all().len(), 6);
+        assert_eq!(p.all().len(), 9);
         assert!(Ports::new(65_530, 1).is_err());
         assert!(Ports::new(0, 1).is_err());
     }
@@ -1634,6 +1704,7 @@ mod tests {
             pipeline: "p".into(),
             pipeline_file: "p.yaml".into(),
             nodes: vec![],
+            admin_token_file: None,
         };
         claim_state(&path, &s).unwrap();
         assert_eq!(read_state(&path).unwrap().unwrap(), s);

@@ -8,9 +8,8 @@ use crate::{Format, Global};
 use clap::Subcommand;
 use flowctl_client::proto::admin::v1 as pb;
 use flowctl_client::proto::admin::v1::dlq_service_client::DlqServiceClient;
-use flowctl_client::MAX_REPLY_BYTES;
+use flowctl_client::{AuthChannel, MAX_REPLY_BYTES};
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 #[derive(Subcommand, Debug)]
 pub enum DlqCmd {
@@ -48,7 +47,7 @@ pub struct ActionArgs {
     pub all: bool,
 }
 
-fn dlq(ch: Channel) -> DlqServiceClient<Channel> {
+fn dlq(ch: AuthChannel) -> DlqServiceClient<AuthChannel> {
     DlqServiceClient::new(ch)
         .max_decoding_message_size(MAX_REPLY_BYTES)
         .max_encoding_message_size(MAX_REPLY_BYTES)

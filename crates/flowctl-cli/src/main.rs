@@ -1,7 +1,11 @@
 //! The `flowctl` command-line tool. `flowctl server` runs a node; every other command is a
 //! client of any node of a cluster.
 
+mod audit_cmds;
+mod auth_cmds;
+mod certs_cmds;
 mod commands;
+mod credentials;
 mod dev_cmd;
 mod dlq_cmds;
 mod output;
@@ -11,6 +15,7 @@ mod server_cmd;
 mod spec_cmds;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
@@ -22,6 +27,8 @@ use std::process::ExitCode;
 struct Cli {
     #[command(flatten)]
     global: Global,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,6 +47,31 @@ pub struct Global {
     /// Give up after this many seconds (including retries and failover).
     #[arg(long, global = true, default_value_t = 15)]
     pub timeout: u64,
+    /// Bearer token sent on every call [env: FLOWCTL_TOKEN]. Other local users can see a
+    /// command line, so prefer FLOWCTL_TOKEN or --token-file; `--token ""` sends none.
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<credentials::Secret>,
+    /// Read the bearer token from FILE, its content trimmed [env: FLOWCTL_TOKEN_FILE].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// Client TLS, for every command that calls a cluster except `flowctl dev` (its environment is
+/// plaintext on loopback). An `https://` endpoint always uses TLS, trusting the platform's
+/// roots unless --cacert is given; any of these flags also switches bare `host:port` endpoints
+/// to TLS; an `http://` endpoint never uses it. Apart from [`Global`], which other modules
+/// build field by field; `main` hands them to `credentials::set_tls`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// Verify TLS servers with the CA certificates in FILE (PEM) instead of the platform's.
+    #[arg(long, global = true, env = flowctl_client::ENV_CACERT, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Present the client certificate in FILE (PEM) to TLS servers (mTLS); needs --key.
+    #[arg(long, global = true, env = flowctl_client::ENV_CERT, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, global = true, env = flowctl_client::ENV_KEY, value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -63,7 +95,7 @@ pub enum ConsistencyArg {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a control-plane node.
-    Server(server_cmd::ServerArgs),
+    Server(Box<server_cmd::ServerArgs>),
     /// Store a pipeline document (create or update).
     Apply {
         /// A YAML file, a directory of them, or "-" for standard input.
@@ -75,6 +107,10 @@ enum Command {
         /// Accept event types that are not registered schema subjects.
         #[arg(long)]
         allow_unregistered_types: bool,
+        /// Store only if the pipeline is at this generation now (0: only if it does not exist
+        /// yet): a safe read-modify-write. One document only.
+        #[arg(long, value_name = "N")]
+        if_generation: Option<u64>,
     },
     /// Replay a ledger range through a pipeline's source, in chunks, resumably.
     Replay(replay_cmds::ReplayArgs),
@@ -107,10 +143,25 @@ enum Command {
         #[command(subcommand)]
         what: DeleteWhat,
     },
+    /// The audit log of accepted writes (admin only).
+    Audit {
+        #[command(subcommand)]
+        what: audit_cmds::AuditCmd,
+    },
+    /// Bearer tokens (create, ls, revoke) and whoami.
+    Auth {
+        #[command(subcommand)]
+        what: auth_cmds::AuthCmd,
+    },
     /// Cluster administration.
     Cluster {
         #[command(subcommand)]
         what: ClusterCmd,
+    },
+    /// TLS certificates for a cluster: a CA, node certificates and an admin client certificate.
+    Certs {
+        #[command(subcommand)]
+        what: certs_cmds::CertsCmd,
     },
     /// Check a pipeline file offline and print every problem with its line:column.
     Validate {
@@ -169,8 +220,31 @@ enum ClusterCmd {
     TransferLeader { node_id: u64 },
 }
 
+/// A reader that leaves early (`flowctl get pipelines | head -1`) closes the pipe: `println!`
+/// then panics with EPIPE. End quietly instead, with the status a process killed by SIGPIPE
+/// has (128 + 13), as other command-line tools do.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Dev { .. }) {
+        credentials::set_tls(cli.tls.clone());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -183,17 +257,27 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Server(args) => server_cmd::run(args).await,
+            Command::Server(args) => server_cmd::run(*args).await,
             Command::Logs(a) => commands::logs(&cli.global, &a).await,
             Command::Apply {
                 file,
                 dry_run,
                 allow_unregistered_types,
-            } => commands::apply(&cli.global, &file, dry_run, allow_unregistered_types).await,
+                if_generation,
+            } => {
+                let opts = commands::ApplyOptions {
+                    dry_run,
+                    allow_unregistered_types,
+                    if_generation,
+                };
+                commands::apply(&cli.global, &file, &opts).await
+            }
             Command::Schemas { what } => schema_cmds::run(&cli.global, what).await,
             Command::Dev { what } => dev_cmd::run(&cli.global, what).await,
             Command::Dlq { what } => dlq_cmds::run(&cli.global, what).await,
             Command::Replay(args) => replay_cmds::run(&cli.global, args).await,
+            Command::Auth { what } => auth_cmds::run(&cli.global, what).await,
+            Command::Audit { what } => audit_cmds::run(&cli.global, what).await,
             Command::Get {
                 what: GetWhat::Pipelines,
             } => commands::get_pipelines(&cli.global).await,
@@ -215,6 +299,7 @@ fn main() -> ExitCode {
             } => commands::delete_pipeline(&cli.global, &name).await,
             Command::Validate { file } => spec_cmds::validate(&cli.global, &file),
             Command::Schema { kind } => spec_cmds::schema(kind),
+            Command::Certs { what } => certs_cmds::run(&cli.global, what),
             Command::Graph(args) => match &args.pipeline {
                 Some(name) => commands::graph_live(&cli.global, name, &args).await,
                 None => spec_cmds::graph(&args),
@@ -236,10 +321,85 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the chain of causes joined with ": ".
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error as one line: its chain of causes joined with ": ", as `{:#}` does, except that a
+/// cause already at the end of the line is not repeated (library errors that put their source
+/// in their own message as well, such as "cannot read F: No such file", would otherwise say
+/// it twice).
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if text.is_empty() || line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    /// Clap's own consistency checks, which include a global flag (`--cert`, `--key`) clashing
+    /// with a subcommand's.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tls_flags_are_global() {
+        let cli = Cli::try_parse_from([
+            "flowctl",
+            "get",
+            "pipelines",
+            "--cacert",
+            "ca.crt",
+            "--cert",
+            "admin.crt",
+            "--key",
+            "admin.key",
+        ])
+        .unwrap();
+        let files = [cli.tls.cacert, cli.tls.cert, cli.tls.key];
+        let expected = ["ca.crt", "admin.crt", "admin.key"].map(|f| Some(PathBuf::from(f)));
+        assert_eq!(files, expected);
+    }
+
+    #[test]
+    fn an_error_line_says_a_cause_once_even_if_a_message_repeats_it() {
+        /// An error that, like many library errors, says its source in its own message too.
+        #[derive(Debug)]
+        struct Read {
+            source: std::io::Error,
+        }
+        impl std::fmt::Display for Read {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "cannot read f: {}", self.source)
+            }
+        }
+        impl std::error::Error for Read {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.source)
+            }
+        }
+        let e = anyhow::Error::new(Read {
+            source: std::io::Error::other("gone"),
+        })
+        .context("while loading");
+        assert_eq!(one_line(&e), "while loading: cannot read f: gone");
+        let e = anyhow::anyhow!("a\nb").context("c");
+        assert_eq!(one_line(&e), "c: a b");
     }
 }

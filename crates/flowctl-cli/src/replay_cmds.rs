@@ -6,11 +6,10 @@ use crate::{Format, Global};
 use clap::Subcommand;
 use flowctl_client::proto::admin::v1 as pb;
 use flowctl_client::proto::admin::v1::replay_service_client::ReplayServiceClient;
-use flowctl_client::MAX_REPLY_BYTES;
+use flowctl_client::{AuthChannel, MAX_REPLY_BYTES};
 use serde_json::{json, Value};
 use std::io::Write as _;
 use std::time::Duration;
-use tonic::transport::Channel;
 
 /// `flowctl replay --pipeline P --from-ledger A --to-ledger B`, or one of the subcommands.
 #[derive(clap::Args, Debug)]
@@ -75,7 +74,7 @@ pub enum ReplayCmd {
     Cancel { job: String },
 }
 
-fn replays(ch: Channel) -> ReplayServiceClient<Channel> {
+fn replays(ch: AuthChannel) -> ReplayServiceClient<AuthChannel> {
     ReplayServiceClient::new(ch)
         .max_decoding_message_size(MAX_REPLY_BYTES)
         .max_encoding_message_size(MAX_REPLY_BYTES)

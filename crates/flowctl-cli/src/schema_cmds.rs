@@ -8,11 +8,10 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use flowctl_client::proto::admin::v1 as pb;
 use flowctl_client::proto::admin::v1::schema_service_client::SchemaServiceClient;
-use flowctl_client::MAX_REPLY_BYTES;
+use flowctl_client::{AuthChannel, MAX_REPLY_BYTES};
 use serde_json::{json, Value};
 use std::io::Write as _;
 use std::path::PathBuf;
-use tonic::transport::Channel;
 
 #[derive(Subcommand, Debug)]
 pub enum SchemasCmd {
@@ -70,7 +69,7 @@ pub struct PushArgs {
     pub include: Vec<PathBuf>,
 }
 
-fn schemas(ch: Channel) -> SchemaServiceClient<Channel> {
+fn schemas(ch: AuthChannel) -> SchemaServiceClient<AuthChannel> {
     SchemaServiceClient::new(ch)
         .max_decoding_message_size(MAX_REPLY_BYTES)
         .max_encoding_message_size(MAX_REPLY_BYTES)

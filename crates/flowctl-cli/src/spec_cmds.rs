@@ -175,6 +175,8 @@ mod tests {
             output: Format::Table,
             consistency: ConsistencyArg::Linearizable,
             timeout: 1,
+            token: None,
+            token_file: None,
         }
     }
 

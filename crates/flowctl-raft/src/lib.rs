@@ -20,19 +20,22 @@
 
 mod network;
 mod peers;
+mod request;
 mod service;
 
-pub use peers::{Peers, MAX_INTERNAL_MESSAGE_BYTES};
+pub use peers::{PeerChannel, PeerCredentials, Peers, MAX_INTERNAL_MESSAGE_BYTES};
+pub use request::with_request_id;
 pub use service::InternalService;
 
 use flowctl_proto::internal::v1 as pb;
 use flowctl_state::{codec, Command, NodeId, Outcome, State};
+pub use flowctl_store::Member;
 use flowctl_store::{LogStore, Raft, StateMachineStore, StateReader};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// How long a write or read may wait for Raft before the caller gets `Unavailable`.
@@ -44,6 +47,10 @@ pub const MAX_FORWARD_HOPS: u32 = 1;
 pub const PROPOSAL_QUEUE: usize = 4096;
 /// Most commands in one log entry.
 const MAX_BATCH: usize = 256;
+/// Most bytes of commands (as [`Command::approx_bytes`] counts them) in one batched log
+/// entry, well under the [`MAX_INTERNAL_MESSAGE_BYTES`] an AppendEntries may carry. A single
+/// command larger than this still goes alone (requests are bounded where they enter).
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// Batches being committed at once. While they are in flight, new proposals gather into the
 /// next batch.
 const MAX_INFLIGHT_BATCHES: usize = 4;
@@ -67,6 +74,13 @@ pub struct RaftOptions {
     /// Entries kept in the log behind the latest snapshot, for slow followers.
     pub keep_logs_after_snapshot: u64,
     pub snapshot_chunk_bytes: u64,
+    /// The credentials this node's calls to other nodes carry (the cluster's peer secret).
+    pub peer_bearer: flowctl_proto::auth::Bearer,
+    /// TLS for calls to other nodes' peer ports (the peer CA and this node's certificate);
+    /// `None` calls them in plaintext.
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// The local address calls to other nodes leave from (`None`: the system's choice).
+    pub peer_local_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for RaftOptions {
@@ -78,6 +92,9 @@ impl Default for RaftOptions {
             snapshot_threshold: 10_000,
             keep_logs_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1024 * 1024,
+            peer_bearer: flowctl_proto::auth::Bearer::default(),
+            peer_tls: None,
+            peer_local_ip: None,
         }
     }
 }
@@ -121,7 +138,10 @@ pub struct ReadMeta {
 #[derive(Debug, Clone)]
 pub struct NodeStatus {
     pub node_id: u64,
+    /// This node's public address.
     pub addr: String,
+    /// This node's peer address.
+    pub peer_addr: String,
     pub role: &'static str,
     pub term: u64,
     pub leader: Option<u64>,
@@ -129,7 +149,10 @@ pub struct NodeStatus {
     pub applied_index: u64,
     pub last_log_index: u64,
     pub voters: BTreeSet<u64>,
+    /// Every member's public address (for clients and components).
     pub nodes: BTreeMap<u64, String>,
+    /// Every member's peer address (for node-to-node calls).
+    pub peers: BTreeMap<u64, String>,
 }
 
 /// The handle on this node's Raft. Cheap to clone.
@@ -140,7 +163,8 @@ pub struct RaftNode {
 
 struct Inner {
     id: u64,
-    addr: String,
+    member: Member,
+    cluster_id: Arc<RwLock<String>>,
     raft: Raft,
     reader: StateReader,
     committed: Arc<AtomicU64>,
@@ -161,7 +185,8 @@ impl RaftNode {
     /// [`InternalService`] is mounted on a gRPC server.
     pub async fn start(
         id: u64,
-        addr: String,
+        member: Member,
+        cluster_id: String,
         log: LogStore,
         sm: StateMachineStore,
         options: RaftOptions,
@@ -183,7 +208,10 @@ impl RaftNode {
                 .validate()
                 .map_err(|e| Error::Invalid(e.to_string()))?,
         );
-        let peers = Peers::default();
+        let cluster_id = Arc::new(RwLock::new(cluster_id));
+        let peers = Peers::new(options.peer_bearer.clone(), id, cluster_id.clone())
+            .with_tls(options.peer_tls.clone())
+            .with_local_ip(options.peer_local_ip);
         let reader = sm.reader();
         let committed = log.committed_index();
         let net = network::NetworkFactory {
@@ -200,7 +228,8 @@ impl RaftNode {
         let (read_waiters, rrx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
         let inner = Arc::new(Inner {
             id,
-            addr,
+            member,
+            cluster_id,
             raft,
             reader,
             committed,
@@ -220,8 +249,71 @@ impl RaftNode {
         self.inner.id
     }
 
+    /// This node's public address.
     pub fn addr(&self) -> &str {
-        &self.inner.addr
+        &self.inner.member.addr
+    }
+
+    /// This node's peer address.
+    pub fn peer_addr(&self) -> String {
+        self.inner.member.peer()
+    }
+
+    /// The cluster's id, empty until this node has created or joined one.
+    pub fn cluster_id(&self) -> String {
+        self.inner
+            .cluster_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records the cluster's id (learned when joining).
+    pub fn set_cluster_id(&self, id: &str) {
+        *self
+            .inner
+            .cluster_id
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = id.to_owned();
+    }
+
+    /// Returns once openraft has stopped with a fatal error (a storage failure, say), with
+    /// that error. A node in that state can only answer `UNAVAILABLE`, so the server exits
+    /// and lets its supervisor restart it.
+    pub async fn stopped(&self) -> String {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if let Err(fatal) = &rx.borrow().running_state {
+                return fatal.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "the Raft core is gone".into();
+            }
+        }
+    }
+
+    /// The peer address this node's membership records for `id`.
+    pub fn peer_addr_of(&self, id: u64) -> Option<String> {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(Member::peer)
+    }
+
+    /// Whether `id` is a voter or learner in this node's membership.
+    pub fn is_member(&self, id: u64) -> bool {
+        self.peer_addr_of(id).is_some()
+    }
+
+    /// Whether `id` was removed from the cluster for good.
+    pub fn was_removed(&self, id: u64) -> bool {
+        self.inner
+            .reader
+            .read(|s, _| s.removed_nodes.contains(&NodeId(id)))
     }
 
     pub fn raft(&self) -> &Raft {
@@ -248,12 +340,7 @@ impl RaftNode {
     /// Makes this node a one-member cluster. Only for an empty data dir.
     pub async fn initialize_single(&self) -> Result<(), Error> {
         let mut nodes = BTreeMap::new();
-        nodes.insert(
-            self.inner.id,
-            BasicNode {
-                addr: self.inner.addr.clone(),
-            },
-        );
+        nodes.insert(self.inner.id, self.inner.member.clone());
         self.inner
             .raft
             .initialize(nodes)
@@ -274,7 +361,8 @@ impl RaftNode {
         let membership = m.membership_config.membership();
         NodeStatus {
             node_id: self.inner.id,
-            addr: self.inner.addr.clone(),
+            addr: self.inner.member.addr.clone(),
+            peer_addr: self.inner.member.peer(),
             role,
             term: m.current_term,
             leader: m.current_leader,
@@ -286,31 +374,37 @@ impl RaftNode {
                 .nodes()
                 .map(|(id, n)| (*id, n.addr.clone()))
                 .collect(),
+            peers: membership.nodes().map(|(id, n)| (*id, n.peer())).collect(),
         }
     }
 
-    /// The leader's id and address, as this node knows them.
+    /// The leader's id and public address, as this node knows them (for clients' hints).
     pub fn leader(&self) -> Option<(u64, String)> {
+        self.leader_member().map(|(id, m)| (id, m.addr))
+    }
+
+    /// The leader's id and peer address, as this node knows them.
+    pub fn leader_peer(&self) -> Option<(u64, String)> {
+        self.leader_member().map(|(id, m)| (id, m.peer()))
+    }
+
+    fn leader_member(&self) -> Option<(u64, Member)> {
         let m = self.inner.raft.metrics().borrow().clone();
         let id = m.current_leader?;
-        let addr = m
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())?;
-        Some((id, addr))
+        let member = m.membership_config.membership().get_node(&id).cloned()?;
+        Some((id, member))
     }
 
     pub fn is_leader(&self) -> bool {
         self.leader().is_some_and(|(id, _)| id == self.inner.id)
     }
 
-    /// Waits until some leader is known, up to `timeout`.
+    /// Waits until some leader is known, up to `timeout`, and returns its id and peer address.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<(u64, String), Error> {
         let deadline = Instant::now() + timeout;
         let mut rx = self.inner.raft.metrics();
         loop {
-            if let Some(l) = self.leader() {
+            if let Some(l) = self.leader_peer() {
                 return Ok(l);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -322,18 +416,16 @@ impl RaftNode {
     }
 
     /// Proposes `cmd` and returns once it is committed and applied. On a follower the command
-    /// is forwarded to the leader; if leadership moves meanwhile, it is retried once.
+    /// is forwarded to the leader; if leadership moves meanwhile, it is retried once. A write
+    /// whose second copy could answer differently is proposed with a request id (see
+    /// [`with_request_id`]), so that the retry answers what the first copy answered.
     pub async fn propose(&self, cmd: Command) -> Result<Applied, Error> {
-        let started = Instant::now();
+        let cmd = request::once(self.inner.id, cmd);
         let mut last_err = None;
         for _attempt in 0..2 {
             match self.propose_once(&cmd).await {
-                Ok(a) => {
-                    metrics::counter!("flowctl_raft_proposals_committed_total").increment(1);
-                    metrics::histogram!("flowctl_raft_propose_to_apply_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    return Ok(a);
-                }
+                // Counted where the entry commits (the leader's batcher), once per write.
+                Ok(a) => return Ok(a),
                 Err(e @ (Error::NotLeader { .. } | Error::Unavailable(_))) => {
                     last_err = Some(e);
                     // Leadership is moving: give the election a moment, then try the new leader.
@@ -377,7 +469,7 @@ impl RaftNode {
         .await
     }
 
-    fn write_error(&self, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Error {
+    fn write_error(&self, e: RaftError<u64, ClientWriteError<u64, Member>>) -> Error {
         write_error(e)
     }
 
@@ -488,7 +580,7 @@ impl RaftNode {
 
     /// On the leader: adds a node as a learner, waits until it has caught up, then promotes it
     /// to voter. Joining again when already a voter changes nothing.
-    pub async fn add_member(&self, node_id: u64, addr: String) -> Result<u64, Error> {
+    pub async fn add_member(&self, node_id: u64, member: Member) -> Result<u64, Error> {
         let removed = self
             .inner
             .reader
@@ -500,11 +592,13 @@ impl RaftNode {
         }
         let st = self.status();
         if st.voters.contains(&node_id) {
-            if st.nodes.get(&node_id) != Some(&addr) {
+            if st.nodes.get(&node_id) != Some(&member.addr)
+                || st.peers.get(&node_id) != Some(&member.peer())
+            {
                 tracing::warn!(
                     node_id,
-                    addr,
-                    "join from a voter with a changed address; keeping the recorded address"
+                    %member,
+                    "join from a voter with changed addresses; keeping the recorded ones"
                 );
             }
             return Ok(st.applied_index);
@@ -515,7 +609,7 @@ impl RaftNode {
             let result = async {
                 self.inner
                     .raft
-                    .add_learner(node_id, BasicNode { addr: addr.clone() }, true)
+                    .add_learner(node_id, member.clone(), true)
                     .await
                     .map_err(|e| self.write_error(e))?;
                 let mut ids = BTreeSet::new();
@@ -602,14 +696,14 @@ impl RaftNode {
                 }
             },
         };
-        let addr = st.nodes.get(&target).cloned().unwrap_or_default();
+        let addr = st.peers.get(&target).cloned().unwrap_or_default();
         let lease = Duration::from_millis(self.inner.options.election_timeout_max_ms);
-        self.inner.transferring.store(true, Ordering::Release);
-        let rt = self.inner.raft.runtime_config();
-        rt.heartbeat(false);
-        rt.elect(false);
+        // Heartbeats, elections and proposals come back however this ends: also when the
+        // caller's future is dropped mid-transfer (client gone, deadline), which would
+        // otherwise leave a node that refuses writes and never campaigns again.
+        let _paused = TransferPause::start(&self.inner);
         let hold = lease * 3;
-        for (&id, a) in &st.nodes {
+        for (&id, a) in &st.peers {
             if id == target || id == self.inner.id || !st.voters.contains(&id) {
                 continue;
             }
@@ -643,9 +737,6 @@ impl RaftNode {
             Ok(self.status().leader.unwrap_or(target))
         }
         .await;
-        rt.heartbeat(true);
-        rt.elect(true);
-        self.inner.transferring.store(false, Ordering::Release);
         result
     }
 
@@ -691,7 +782,7 @@ impl RaftNode {
     }
 }
 
-fn write_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Error {
+fn write_error(e: RaftError<u64, ClientWriteError<u64, Member>>) -> Error {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
             leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
@@ -725,14 +816,32 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_BATCHES));
-    while let Some(first) = rx.recv().await {
+    // A proposal that did not fit the last batch starts the next one.
+    let mut carried: Option<Proposal> = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
+        let mut bytes = first.0.approx_bytes();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    let b = p.0.approx_bytes();
+                    if bytes + b > MAX_BATCH_BYTES {
+                        carried = Some(p);
+                        break;
+                    }
+                    bytes += b;
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -765,11 +874,23 @@ async fn commit_batch(raft: &Raft, batch: Vec<Proposal>) {
                 (1, o) => vec![o],
                 (_, Outcome::Batch(outs)) if outs.len() == n => outs,
                 (_, other) => {
-                    tracing::error!(?other, n, "batch outcome does not match the batch");
-                    let bad = Outcome::Rejected(flowctl_state::Rejection::Invalid(
-                        "internal: batch outcome mismatch".into(),
+                    // The commands were applied, but what each did is unknown: telling the
+                    // callers anything would be a guess. The state machine is not the code
+                    // this node runs; stop it loudly so that it restarts from its log.
+                    tracing::error!(
+                        ?other,
+                        n,
+                        index,
+                        "batch outcome does not match the batch; stopping Raft"
+                    );
+                    let err = Error::Fatal(format!(
+                        "the outcome of log entry {index} does not match its batch of {n}"
                     ));
-                    vec![bad; n]
+                    for (_, tx) in waiters {
+                        let _ = tx.send(Err(err.clone()));
+                    }
+                    let _ = raft.shutdown().await;
+                    return;
                 }
             };
             metrics::counter!("flowctl_raft_proposals_committed_total").increment(n as u64);
@@ -823,18 +944,19 @@ async fn forward_batch(me: u64, raft: &Raft, peers: &Peers, batch: Vec<Proposal>
         let leader = m
             .current_leader
             .ok_or_else(|| Error::Unavailable("no leader is known".into()))?;
-        let addr = m
+        let member = m
             .membership_config
             .membership()
             .get_node(&leader)
-            .map(|node| node.addr.clone())
+            .cloned()
             .ok_or_else(|| Error::Unavailable("the leader's address is unknown".into()))?;
         if leader == me {
             // This node has just become leader: the caller retries and writes locally.
             return Err(Error::NotLeader {
-                leader: Some((me, addr)),
+                leader: Some((me, member.addr)),
             });
         }
+        let addr = member.peer();
         let entry = if n == 1 {
             cmds.pop().expect("a batch has one command")
         } else {
@@ -992,5 +1114,118 @@ pub fn error_to_status(e: &Error) -> tonic::Status {
             tracing::error!(error = %m, "raft failure");
             tonic::Status::unavailable("this node's raft has stopped")
         }
+    }
+}
+
+/// Pauses this leader's heartbeats, elections and proposals for a leadership transfer, and
+/// resumes them when dropped.
+struct TransferPause<'a> {
+    inner: &'a Inner,
+}
+
+impl<'a> TransferPause<'a> {
+    fn start(inner: &'a Inner) -> Self {
+        inner.transferring.store(true, Ordering::Release);
+        let rt = inner.raft.runtime_config();
+        rt.heartbeat(false);
+        rt.elect(false);
+        TransferPause { inner }
+    }
+}
+
+impl Drop for TransferPause<'_> {
+    fn drop(&mut self) {
+        let rt = self.inner.raft.runtime_config();
+        rt.heartbeat(true);
+        rt.elect(true);
+        self.inner.transferring.store(false, Ordering::Release);
+    }
+}
+
+/// Splits `host:port` (a name, an IPv4 address or a bracketed IPv6 address, and a non-zero
+/// port); `None` if `addr` is not of that form.
+pub fn split_host_port(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    let ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty() && host.chars().all(plain)
+    };
+    ok.then_some((host, port))
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::split_host_port;
+
+    #[test]
+    fn host_port_is_a_name_or_address_and_a_non_zero_port() {
+        assert_eq!(split_host_port("127.0.0.1:8081"), Some(("127.0.0.1", 8081)));
+        assert_eq!(
+            split_host_port("node-1.example:1"),
+            Some(("node-1.example", 1))
+        );
+        assert_eq!(split_host_port("[::1]:8081"), Some(("[::1]", 8081)));
+        for bad in [
+            "", "h", ":1", "h:0", "h:65536", "a b:1", "h/x:1", "[zz]:1", "h:x",
+        ] {
+            assert_eq!(split_host_port(bad), None, "{bad:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use flowctl_state::pipelines::ApplyPipeline;
+    use flowctl_state::PipelineId;
+
+    fn big(name: &str, bytes: usize) -> Command {
+        Command::ApplyPipeline(ApplyPipeline {
+            name: name.into(),
+            id_if_new: PipelineId::from_random(1),
+            spec_yaml: "x".repeat(bytes),
+            canonical: String::new(),
+            at_ms: 0,
+            if_generation: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn batches_are_bounded_by_bytes_and_a_proposal_that_does_not_fit_starts_the_next() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Proposal>(16);
+        let mut waiters = Vec::new();
+        // Five commands of 4 MiB each, 8 MiB and a little as counted: two would exceed the
+        // bound, so each one goes in a batch of its own.
+        for i in 0..5 {
+            let (otx, orx) = tokio::sync::oneshot::channel();
+            tx.send((big(&format!("p{i}"), 4 * 1024 * 1024), Instant::now(), otx))
+                .await
+                .unwrap();
+            waiters.push(orx);
+        }
+        drop(tx);
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        run_batches(rx, move |batch: Vec<Proposal>| {
+            let s = s.clone();
+            async move {
+                let bytes: usize = batch.iter().map(|p| p.0.approx_bytes()).sum();
+                s.lock().unwrap().push((batch.len(), bytes));
+                for (_, _, tx) in batch {
+                    let _ = tx.send(Err(Error::Unavailable("test".into())));
+                }
+            }
+        })
+        .await;
+        for w in waiters {
+            assert!(w.await.is_ok(), "every proposal was handed to a batch");
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.iter().map(|b| b.0).sum::<usize>(), 5);
+        assert!(seen.iter().all(|b| b.0 == 1), "{seen:?}");
+        assert!(seen.iter().all(|b| b.1 <= MAX_BATCH_BYTES), "{seen:?}");
     }
 }

@@ -5,6 +5,7 @@
 use crate::peers::Peers;
 use flowctl_proto::internal::v1::RaftPayload;
 use flowctl_state::codec;
+use flowctl_store::Member;
 use flowctl_store::TypeConfig;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -14,7 +15,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{AnyError, BasicNode};
+use openraft::AnyError;
 use serde::{de::DeserializeOwned, Serialize};
 
 pub struct NetworkFactory {
@@ -24,10 +25,11 @@ pub struct NetworkFactory {
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
-    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
+    async fn new_client(&mut self, target: u64, node: &Member) -> Self::Network {
         PeerConnection {
             target,
-            addr: node.addr.clone(),
+            member: node.clone(),
+            addr: node.peer(),
             peers: self.peers.clone(),
         }
     }
@@ -35,11 +37,12 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
 pub struct PeerConnection {
     target: u64,
+    member: Member,
     addr: String,
     peers: Peers,
 }
 
-type RpcErr<E> = RPCError<u64, BasicNode, RaftError<u64, E>>;
+type RpcErr<E> = RPCError<u64, Member, RaftError<u64, E>>;
 
 #[derive(Clone, Copy)]
 enum Rpc {
@@ -85,9 +88,7 @@ impl PeerConnection {
         result.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
-                BasicNode {
-                    addr: self.addr.clone(),
-                },
+                self.member.clone(),
                 e,
             ))
         })

@@ -7,26 +7,21 @@ use flowctl_state::{codec, Command, Outcome};
 use flowctl_store::TypeConfig;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
-use std::sync::{Arc, RwLock};
 use tonic::{Request, Response, Status};
 
 /// Serves `flowctl.internal.v1.RaftService` for one node.
 #[derive(Clone)]
 pub struct InternalService {
     node: RaftNode,
-    cluster_id: Arc<RwLock<String>>,
 }
 
 impl InternalService {
-    pub fn new(node: RaftNode, cluster_id: Arc<RwLock<String>>) -> Self {
-        InternalService { node, cluster_id }
+    pub fn new(node: RaftNode) -> Self {
+        InternalService { node }
     }
 
     fn cluster_id(&self) -> String {
-        self.cluster_id
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.node.cluster_id()
     }
 }
 
@@ -43,6 +38,54 @@ fn reply<T: Serialize>(value: &T) -> Result<Response<pb::RaftPayload>, Status> {
 fn decode<T: serde::de::DeserializeOwned>(req: Request<pb::RaftPayload>) -> Result<T, Status> {
     codec::decode("raft request", &req.into_inner().data)
         .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+impl InternalService {
+    /// Refuses what no follower proposes: the decisions only a leader makes (placements,
+    /// liveness transitions, the DLQ index, chunk assignment), nested batches, and the record of
+    /// a removal for a node that is still a member. A follower's own forwarded writes are
+    /// everything else.
+    fn check_forwarded(&self, cmd: &Command, top: bool) -> Result<(), Status> {
+        let leader_only = |kind: &str| {
+            Err(Status::permission_denied(format!(
+                "{kind} is decided by the leader alone; a forwarded one is refused"
+            )))
+        };
+        match cmd {
+            Command::Batch(cmds) if top => {
+                cmds.iter().try_for_each(|c| self.check_forwarded(c, false))
+            }
+            Command::Batch(_) => Err(Status::invalid_argument(
+                "a forwarded batch may not nest batches",
+            )),
+            // A request id changes nothing about what may be forwarded.
+            Command::Once(o) => {
+                o.request_id.check().map_err(Status::invalid_argument)?;
+                if matches!(*o.command, Command::Once(_) | Command::Batch(_)) {
+                    return Err(Status::invalid_argument(
+                        "a forwarded request carries one command",
+                    ));
+                }
+                self.check_forwarded(&o.command, false)
+            }
+            Command::SetComponentHealth(_) => leader_only("a component health transition"),
+            Command::SetPlacement(_) => leader_only("a placement"),
+            Command::IndexDlq(_) | Command::ExpireDlq(_) => leader_only("the DLQ index"),
+            Command::AssignChunks(_) | Command::RequeueChunks(_) => {
+                leader_only("a replay chunk assignment")
+            }
+            // A leader that removed itself records the removal through its successor.
+            Command::RecordNodeRemoved { node_id }
+                if self.node.status().nodes.contains_key(&node_id.0) =>
+            {
+                Err(Status::failed_precondition(format!(
+                    "node {} is still a member; only a removed node's id is recorded",
+                    node_id.0
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -81,6 +124,7 @@ impl RaftService for InternalService {
         }
         let cmd = codec::decode_command(&req.command)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.check_forwarded(&cmd, true)?;
         let applied = match cmd {
             // A follower's batch: each command goes through this leader's own batcher and gets
             // its own outcome. If any fails (leadership moved), the follower retries them all;
@@ -166,9 +210,17 @@ impl RaftService for InternalService {
                 "join needs a node id and an address",
             ));
         }
-        tracing::info!(node_id = req.node_id, addr = %req.addr, "adding member");
+        for (field, a) in [("addr", &req.addr), ("peer_addr", &req.peer_addr)] {
+            if a.len() > 255 || (!a.is_empty() && crate::split_host_port(a).is_none()) {
+                return Err(Status::invalid_argument(format!(
+                    "join: {field} {a:?} is not host:port"
+                )));
+            }
+        }
+        let member = flowctl_store::Member::new(req.addr, req.peer_addr);
+        tracing::info!(node_id = req.node_id, %member, "adding member");
         self.node
-            .add_member(req.node_id, req.addr)
+            .add_member(req.node_id, member)
             .await
             .map_err(|e| error_to_status(&e))?;
         let st = self.node.status();

@@ -7,13 +7,11 @@ use crate::pipelines;
 use flowctl_proto::admin::v1 as pb;
 use flowctl_raft::{RaftNode, ReadMeta};
 use flowctl_state::{ApplyResult, ComponentId, PipelineRecord};
-use std::sync::{Arc, RwLock};
 use tonic::{Request, Response, Status};
 
 #[derive(Clone)]
 pub struct Api {
     pub(crate) node: RaftNode,
-    pub(crate) cluster_id: Arc<RwLock<String>>,
     pub(crate) specs: crate::spec_cache::SpecCache,
 }
 
@@ -201,16 +199,24 @@ impl pb::pipeline_service_server::PipelineService for Api {
             &self.specs,
             file,
             &req.yaml,
-            req.dry_run,
-            req.allow_unregistered_types,
+            pipelines::ApplyOptions {
+                dry_run: req.dry_run,
+                allow_unregistered_types: req.allow_unregistered_types,
+                if_generation: req.if_generation,
+            },
         )
         .await?;
+        let what = report
+            .record
+            .as_ref()
+            .map(|r| format!("pipeline/{}", r.name))
+            .unwrap_or_default();
         let result = match report.result {
             ApplyResult::Created => pb::ApplyResult::Created,
             ApplyResult::Configured => pb::ApplyResult::Configured,
             ApplyResult::Unchanged => pb::ApplyResult::Unchanged,
         };
-        Ok(Response::new(pb::ApplyPipelineResponse {
+        let resp = Response::new(pb::ApplyPipelineResponse {
             pipeline: report.record.map(|r| self.pipeline_pb(r)),
             result: result as i32,
             applied_index: report.applied_index,
@@ -223,7 +229,8 @@ impl pb::pipeline_service_server::PipelineService for Api {
                 })
                 .collect(),
             stored_yaml: report.stored_yaml,
-        }))
+        });
+        Ok(crate::audit::resource(resp, what))
     }
 
     async fn get_pipeline(
@@ -266,10 +273,12 @@ impl pb::pipeline_service_server::PipelineService for Api {
         &self,
         req: Request<pb::DeletePipelineRequest>,
     ) -> Result<Response<pb::DeletePipelineResponse>, Status> {
-        let index = pipelines::delete(&self.node, &req.into_inner().name).await?;
-        Ok(Response::new(pb::DeletePipelineResponse {
+        let name = req.into_inner().name;
+        let index = pipelines::delete(&self.node, &name).await?;
+        let resp = Response::new(pb::DeletePipelineResponse {
             applied_index: index,
-        }))
+        });
+        Ok(crate::audit::resource(resp, format!("pipeline/{name}")))
     }
 }
 
@@ -279,12 +288,9 @@ impl pb::cluster_service_server::ClusterService for Api {
         &self,
         _req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        let cid = self
-            .cluster_id
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Ok(Response::new(cluster::status(&self.node, cid).await))
+        Ok(Response::new(
+            cluster::status(&self.node, self.node.cluster_id()).await,
+        ))
     }
 
     async fn members(
@@ -302,12 +308,14 @@ impl pb::cluster_service_server::ClusterService for Api {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        let index = cluster::remove(&self.node, req.into_inner().node_id)
+        let id = req.into_inner().node_id;
+        let index = cluster::remove(&self.node, id)
             .await
             .map_err(ServiceError::from)?;
-        Ok(Response::new(pb::RemoveMemberResponse {
+        let resp = Response::new(pb::RemoveMemberResponse {
             applied_index: index,
-        }))
+        });
+        Ok(crate::audit::resource(resp, format!("node/{id}")))
     }
 
     async fn transfer_leader(
@@ -317,8 +325,7 @@ impl pb::cluster_service_server::ClusterService for Api {
         let leader = cluster::transfer(&self.node, req.into_inner().node_id)
             .await
             .map_err(ServiceError::from)?;
-        Ok(Response::new(pb::TransferLeaderResponse {
-            leader_id: leader,
-        }))
+        let resp = Response::new(pb::TransferLeaderResponse { leader_id: leader });
+        Ok(crate::audit::resource(resp, format!("node/{leader}")))
     }
 }

@@ -25,6 +25,7 @@ pub async fn status(node: &RaftNode, cluster_id: String) -> pb::ClusterStatusRes
     let futs = me.nodes.iter().map(|(&id, addr)| {
         let node = node.clone();
         let addr = addr.clone();
+        let peer_addr = me.peers.get(&id).cloned().unwrap_or_default();
         let voter = me.voters.contains(&id);
         async move {
             let view = if id == node.id() {
@@ -42,7 +43,7 @@ pub async fn status(node: &RaftNode, cluster_id: String) -> pb::ClusterStatusRes
                     cluster_id: String::new(),
                 })
             } else {
-                match node.peers().client(&addr) {
+                match node.peers().client(&peer_addr) {
                     Ok(mut c) => {
                         let mut req = tonic::Request::new(ipb::NodeStatusRequest {});
                         req.set_timeout(STATUS_TIMEOUT);
@@ -62,12 +63,14 @@ pub async fn status(node: &RaftNode, cluster_id: String) -> pb::ClusterStatusRes
                     commit_index: v.commit_index,
                     applied_index: v.applied_index,
                     last_log_index: v.last_log_index,
+                    peer_addr,
                 },
                 None => pb::Member {
                     id,
                     addr,
                     role: pb::MemberRole::Unreachable as i32,
                     voter,
+                    peer_addr,
                     ..Default::default()
                 },
             }
@@ -86,7 +89,7 @@ pub async fn status(node: &RaftNode, cluster_id: String) -> pb::ClusterStatusRes
 async fn leader_client(
     node: &RaftNode,
 ) -> Result<
-    flowctl_proto::internal::v1::raft_service_client::RaftServiceClient<tonic::transport::Channel>,
+    flowctl_proto::internal::v1::raft_service_client::RaftServiceClient<flowctl_raft::PeerChannel>,
     Error,
 > {
     let (_, addr) = node.wait_for_leader(Duration::from_secs(5)).await?;

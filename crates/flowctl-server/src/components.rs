@@ -103,8 +103,19 @@ pub async fn register(
     data: &DataPlane,
     spec: ComponentSpec,
 ) -> Result<Registration, ServiceError> {
+    let mut spec = spec;
     let id = spec.id.clone();
     let hint = spec.metadata.get("pipeline").cloned();
+    // A component of a stored pipeline learns its topics and brokers, and its record names the
+    // pipeline even when the component itself does not say (the supervisor knows it).
+    let found = data.lookup(node, &id.0, hint.as_deref());
+    if let Some((_, info)) = &found {
+        if let Some(p) = info.get("pipeline") {
+            spec.metadata
+                .entry("pipeline".to_owned())
+                .or_insert_with(|| p.clone());
+        }
+    }
     let applied = node
         .propose(Command::RegisterComponent(Register {
             spec,
@@ -123,9 +134,8 @@ pub async fn register(
     if let Some((_, addr)) = node.leader() {
         info.insert("control_plane_leader".to_owned(), addr);
     }
-    // A component of a stored pipeline learns its topics and brokers.
     let mut topics = Vec::new();
-    if let Some((t, more)) = data.lookup(node, &id.0, hint.as_deref()) {
+    if let Some((t, more)) = found {
         topics = t;
         info.extend(more);
     }
@@ -172,6 +182,7 @@ pub async fn heartbeat(
     }
     live.beat(beat).map_err(|e| match e {
         crate::liveness::Error::Overloaded => ServiceError::Overloaded(e.to_string()),
+        crate::liveness::Error::Invalid(m) => ServiceError::BadArgument(m),
         other => ServiceError::Raft(flowctl_raft::Error::Unavailable(other.to_string())),
     })
 }

@@ -43,7 +43,142 @@ pub struct DeployOptions {
     pub heartbeat_interval: Duration,
     /// Brokers of pipelines that name none (`--kafka-brokers`).
     pub kafka_brokers: Vec<String>,
+    /// The programs instances may run (`--allowed-commands`).
+    pub allowed: AllowedCommands,
+    /// The user instances run as (`--run-as`); `None` keeps the server's own.
+    pub run_as: Option<RunAs>,
+    /// The cluster's peer secret: each instance gets its own agent token from it
+    /// (`FLOWCTL_TOKEN`).
+    pub peer: Option<crate::auth::Secret>,
+    /// With TLS on the public port, the CA instances trust for it (`FLOWCTL_CACERT`: the
+    /// `--trusted-ca-file`, which `flowctl certs init` makes the one CA of the cluster).
+    pub cacert: Option<PathBuf>,
 }
+
+/// The programs the process driver may start: glob patterns over a program's canonical path
+/// (symbolic links and `..` resolved), where `*` matches any run of characters (`/` included)
+/// and `?` one character. The default is the directory of the running `flowctl` binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedCommands(Vec<String>);
+
+impl AllowedCommands {
+    /// Every pattern must be an absolute path pattern, or `*` (anything: the old behaviour).
+    pub fn new(patterns: Vec<String>) -> Result<Self, String> {
+        if patterns.is_empty() {
+            return Err("--allowed-commands must name at least one pattern".into());
+        }
+        for p in &patterns {
+            if p != "*" && !p.starts_with('/') {
+                return Err(format!(
+                    "--allowed-commands pattern {p:?} must be an absolute path pattern (or *)"
+                ));
+            }
+        }
+        Ok(AllowedCommands(patterns))
+    }
+
+    /// `<directory of the running flowctl>/*`.
+    pub fn beside_flowctl() -> Result<Self, String> {
+        let exe = std::env::current_exe()
+            .and_then(std::fs::canonicalize)
+            .map_err(|e| format!("cannot find the flowctl binary's directory: {e}"))?;
+        let dir = exe
+            .parent()
+            .ok_or("the flowctl binary has no directory")?
+            .to_string_lossy()
+            .into_owned();
+        Ok(AllowedCommands(vec![format!("{dir}/*")]))
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The pattern that allows `program` (a canonical path), if one does.
+    fn allowing(&self, program: &Path) -> Option<&str> {
+        let text = program.to_string_lossy();
+        self.0
+            .iter()
+            .find(|p| glob_match(p.as_bytes(), text.as_bytes()))
+            .map(String::as_str)
+    }
+}
+
+/// `*` matches any run of bytes, `?` any one byte; everything else itself.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // Where the last `*` was, and the text position it has consumed up to.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&b| b == b'*')
+}
+
+/// The uid and gid instances run as (`--run-as USER|UID[:GID]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl RunAs {
+    /// A user name (looked up in /etc/passwd) or a numeric uid, with an optional `:GID`
+    /// (default: the user's primary group, or the uid's number when it has no entry).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let (user, group) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        // name:password:uid:gid:...
+        let entry = passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let (uid, gid) = (
+                f.get(2)?.parse::<u32>().ok()?,
+                f.get(3)?.parse::<u32>().ok()?,
+            );
+            (f[0] == user || user.parse::<u32>() == Ok(uid)).then_some((uid, gid))
+        });
+        let (uid, primary) = match (entry, user.parse::<u32>()) {
+            (Some(e), _) => e,
+            (None, Ok(uid)) => (uid, uid),
+            (None, Err(_)) => return Err(format!("--run-as: no user {user:?} in /etc/passwd")),
+        };
+        let gid = match group {
+            None => primary,
+            Some(g) => g
+                .parse::<u32>()
+                .map_err(|_| format!("--run-as: group {g:?} must be a numeric gid"))?,
+        };
+        Ok(RunAs { uid, gid })
+    }
+}
+
+/// The variables of the node's own environment that instances keep; everything else of the
+/// server's environment (credentials, `LD_*`, ...) is withheld from them.
+const KEPT_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+];
 
 impl DeployOptions {
     /// The brokers a pipeline uses: its own, else the server's; empty when neither is set.
@@ -137,7 +272,7 @@ async fn run_scheduler(
         }
         let st = node.status();
         let now = Instant::now();
-        let probes = st.nodes.iter().map(|(&id, addr)| {
+        let probes = st.peers.iter().map(|(&id, addr)| {
             let node = node.clone();
             let addr = addr.clone();
             async move { (id, id == node.id() || probe(&node, &addr).await) }
@@ -345,9 +480,10 @@ async fn ensure_topics(spec: &ValidatedPipeline, opts: &DeployOptions) -> Result
             t
         })
         .collect();
-    flowctl_bus::ensure_topics(&brokers.join(","), &topics, Duration::from_secs(15))
+    let brokers = brokers.join(",");
+    flowctl_bus::ensure_topics(&brokers, &topics, Duration::from_secs(15))
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("cannot create the topics on the Kafka broker {brokers}: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -399,26 +535,6 @@ impl Running {
 }
 
 /// `config` keys become UPPER_SNAKE environment variables.
-fn env_name(key: &str) -> String {
-    let mut out = String::new();
-    let mut prev_lower = false;
-    for ch in key.chars() {
-        if ch.is_ascii_alphanumeric() {
-            if ch.is_ascii_uppercase() && prev_lower {
-                out.push('_');
-            }
-            prev_lower = ch.is_ascii_lowercase() || ch.is_ascii_digit();
-            out.push(ch.to_ascii_uppercase());
-        } else {
-            prev_lower = false;
-            if !out.ends_with('_') {
-                out.push('_');
-            }
-        }
-    }
-    out
-}
-
 fn instance_env(
     p: &ValidatedPipeline,
     c: &Component,
@@ -432,12 +548,21 @@ fn instance_env(
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        env.insert(env_name(k), v);
+        env.insert(flowctl_spec::config_env_name(k), v);
     }
     for (k, v) in &c.env {
         env.insert(k.clone(), v.clone());
     }
     let id = c.instance_id(replica);
+    if let Some(peer) = &opts.peer {
+        env.insert(
+            "FLOWCTL_TOKEN".into(),
+            crate::auth::instance_token(peer, &id),
+        );
+    }
+    if let Some(ca) = &opts.cacert {
+        env.insert("FLOWCTL_CACERT".into(), ca.display().to_string());
+    }
     env.insert("ENABLE_FLOWCTL".into(), "true".into());
     env.insert("FLOWCTL_ENDPOINT".into(), endpoints.to_owned());
     env.insert("FLOWCTL_COMPONENT_ID".into(), id);
@@ -565,9 +690,25 @@ async fn start_instance(
         .join(&d.pipeline)
         .join(d.key.replace('/', "-"));
     tokio::fs::create_dir_all(&workdir).await?;
-    let mut cmd = tokio::process::Command::new(&d.program);
+    let program = allowed_program(d, &opts.allowed)?;
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.env_clear();
+    for k in KEPT_ENV {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    if let Some(u) = opts.run_as {
+        cmd.uid(u.uid).gid(u.gid);
+    }
+    // Its own process group, so that stopping it reaches the programs it starts too.
+    cmd.process_group(0);
     cmd.args(&d.args)
-        .envs(&d.env)
+        .envs(
+            d.env
+                .iter()
+                .filter(|(k, _)| !flowctl_spec::is_loader_variable(k)),
+        )
         .current_dir(&workdir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -583,6 +724,61 @@ async fn start_instance(
         tracker.spawn(write_log(path, rx));
     }
     Ok(child)
+}
+
+/// Where a component's `command` is: a path (with a `/`) as given; a bare name on the `PATH`
+/// (the instance's own `env.PATH` if it sets one, else the node's), else beside the running
+/// `flowctl` binary, where `scripts/install.sh` and `cargo build` put the example components.
+/// A name found nowhere is returned as it is, so that the spawn error names it.
+fn resolve_program(program: &str, env: &BTreeMap<String, String>) -> PathBuf {
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    let path = env
+        .get("PATH")
+        .map(std::ffi::OsString::from)
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_default();
+    let beside_flowctl = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf));
+    std::env::split_paths(&path)
+        .chain(beside_flowctl)
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
+        .unwrap_or_else(|| PathBuf::from(program))
+}
+
+/// The canonical path of `d`'s program, if `allowed` lets it run; otherwise an error naming
+/// the program and the rules.
+fn allowed_program(d: &Desired, allowed: &AllowedCommands) -> std::io::Result<PathBuf> {
+    let found = resolve_program(&d.program, &d.env);
+    let canonical = std::fs::canonicalize(&found).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound && !d.program.contains('/') {
+            std::io::Error::new(
+                e.kind(),
+                "not found on the node's PATH nor beside the flowctl binary",
+            )
+        } else {
+            e
+        }
+    })?;
+    match allowed.allowing(&canonical) {
+        Some(_) => Ok(canonical),
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is outside this node's --allowed-commands ({})",
+                canonical.display(),
+                allowed.patterns().join(",")
+            ),
+        )),
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Makes the child receive SIGKILL when this node's process dies, even by SIGKILL, so that
@@ -644,18 +840,29 @@ async fn write_log(path: PathBuf, mut rx: tokio::sync::mpsc::Receiver<String>) {
     }
 }
 
-async fn stop_instance(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        let _ = tokio::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .await;
-        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
-            return;
-        }
+/// Sends `signal` to the process group an instance leads (the instance and every program it
+/// started). A group that is gone already is not an error: the instance has exited.
+fn signal_group(pgid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pgid as i32) {
+        let _ = rustix::process::kill_process_group(pid, signal);
     }
-    let _ = child.kill().await;
+}
+
+/// SIGTERM to the instance's process group, then SIGKILL to the group after [`STOP_GRACE`];
+/// the group goes too when the instance exits early, so no grandchild outlives it.
+async fn stop_instance(child: &mut tokio::process::Child) {
+    let Some(pid) = child.id() else {
+        let _ = child.kill().await;
+        return;
+    };
+    signal_group(pid, rustix::process::Signal::TERM);
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+    signal_group(pid, rustix::process::Signal::KILL);
 }
 
 fn backoff(restarts: u32) -> Duration {
@@ -1035,9 +1242,12 @@ mod tests {
 
     #[test]
     fn config_keys_become_upper_snake_env_names() {
-        assert_eq!(env_name("startLedger"), "START_LEDGER");
-        assert_eq!(env_name("network.passphrase"), "NETWORK_PASSPHRASE");
-        assert_eq!(env_name("batch_size"), "BATCH_SIZE");
+        assert_eq!(flowctl_spec::config_env_name("startLedger"), "START_LEDGER");
+        assert_eq!(
+            flowctl_spec::config_env_name("network.passphrase"),
+            "NETWORK_PASSPHRASE"
+        );
+        assert_eq!(flowctl_spec::config_env_name("batch_size"), "BATCH_SIZE");
     }
 
     #[test]

@@ -696,6 +696,7 @@ impl pb::dlq_service_server::DlqService for DlqApi {
     ) -> Result<Response<pb::DlqActionResponse>, Status> {
         let req = req.into_inner();
         let (pipeline, ids) = self.targets(&req).await?;
+        let what = format!("dlq/{pipeline} ({} entries)", ids.len());
         let brokers = self.brokers_for(&pipeline)?;
         let producer = Producer::new(&brokers)
             .map_err(|e| ServiceError::Unavailable(format!("Kafka producer: {e}")))?;
@@ -703,7 +704,8 @@ impl pb::dlq_service_server::DlqService for DlqApi {
         for id in ids {
             results.push(self.replay_one(&producer, &id).await);
         }
-        Ok(Response::new(pb::DlqActionResponse { results }))
+        let resp = Response::new(pb::DlqActionResponse { results });
+        Ok(crate::audit::resource(resp, what))
     }
 
     async fn discard(
@@ -711,7 +713,8 @@ impl pb::dlq_service_server::DlqService for DlqApi {
         req: Request<pb::DlqActionRequest>,
     ) -> Result<Response<pb::DlqActionResponse>, Status> {
         let req = req.into_inner();
-        let (_, ids) = self.targets(&req).await?;
+        let (pipeline, ids) = self.targets(&req).await?;
+        let what = format!("dlq/{pipeline} ({} entries)", ids.len());
         if ids.is_empty() {
             return Ok(Response::new(pb::DlqActionResponse { results: vec![] }));
         }
@@ -739,6 +742,7 @@ impl pb::dlq_service_server::DlqService for DlqApi {
                 }
             })
             .collect();
-        Ok(Response::new(pb::DlqActionResponse { results }))
+        let resp = Response::new(pb::DlqActionResponse { results });
+        Ok(crate::audit::resource(resp, what))
     }
 }

@@ -16,6 +16,9 @@
 //! ```
 
 pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod auth_api;
 mod clock;
 pub mod cluster;
 pub mod components;
@@ -44,7 +47,7 @@ use flowctl_proto::internal::v1::raft_service_server::RaftServiceServer;
 use flowctl_raft::{InternalService, RaftNode, MAX_INTERNAL_MESSAGE_BYTES};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use node_meta::NodeMeta;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -75,29 +78,76 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// The sockets a node serves, bound by the caller.
+pub struct Listeners {
+    /// The public API (`--listen`).
+    pub public: TcpListener,
+    /// Node-to-node RPCs (`--peer-listen`).
+    pub peer: TcpListener,
+    /// `/metrics`, `/livez`, `/readyz`; `None` turns them off.
+    pub metrics: Option<TcpListener>,
+}
+
 /// Runs one node until `shutdown` is cancelled.
 pub async fn run(
     cfg: ServerConfig,
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        public: listener,
+        peer: peer_listener,
+        metrics: metrics_listener,
+    } = listeners;
     cfg.validate().map_err(anyhow::Error::msg)?;
     let prom = prometheus();
     let meta = NodeMeta::load_or_create(&cfg.data_dir, cfg.node_id)?;
     let node_id = meta.node_id;
-    tracing::info!(node_id, data_dir = %cfg.data_dir.display(), listen = %cfg.listen, advertise = %cfg.advertise, "starting node");
+    tracing::info!(node_id, data_dir = %cfg.data_dir.display(), listen = %cfg.listen, advertise = %cfg.advertise, peer_listen = %cfg.peer_listen, peer_advertise = %cfg.peer_advertise, "starting node");
 
+    let peer = peer_secret(&cfg, &meta)?;
     let dir = cfg.data_dir.clone();
     let (log, sm) =
         tokio::task::spawn_blocking(move || flowctl_store::open(&dir, Default::default()))
             .await
             .context("while opening the store")??;
-    let node = RaftNode::start(node_id, cfg.advertise.clone(), log, sm, cfg.raft.clone()).await?;
-    let cluster_id = Arc::new(RwLock::new(meta.cluster_id.clone()));
+    let (public_tls, peer_tls) = load_tls(&cfg)?;
+    let mut raft_options = cfg.raft.clone();
+    if let Some(files) = &cfg.peer_tls {
+        raft_options.peer_tls = Some(
+            flowctl_tls::client_config(files.ca.as_deref(), Some((&files.cert, &files.key)))
+                .context("peer TLS")?,
+        );
+    }
+    raft_options.peer_bearer =
+        flowctl_proto::auth::Bearer::new(peer.as_ref().map(auth::Secret::expose))
+            .map_err(anyhow::Error::msg)?;
+    // Calls to other nodes leave from the address this node listens on for them, when that
+    // is one address: the other nodes see the same host either way.
+    let peer_ip = cfg.peer_listen.ip();
+    raft_options.peer_local_ip = (!peer_ip.is_unspecified()).then_some(peer_ip);
+    let node = RaftNode::start(
+        node_id,
+        flowctl_raft::Member::new(cfg.advertise.clone(), cfg.peer_advertise.clone()),
+        meta.cluster_id.clone(),
+        log,
+        sm,
+        raft_options,
+    )
+    .await?;
+    let gate = auth::Gate::new(node.clone(), peer.clone(), cfg.allow_anonymous_agents)
+        .with_peer_certificates(peer_tls.is_some());
 
     let tracker = TaskTracker::new();
     let loops = CancellationToken::new();
+    reload_on_sighup(
+        [public_tls.clone(), peer_tls.clone()]
+            .into_iter()
+            .flatten()
+            .collect(),
+        &tracker,
+        loops.clone(),
+    );
     let grpc_stop = CancellationToken::new();
 
     let live = liveness::start(
@@ -108,6 +158,7 @@ pub async fn run(
             sweep: (cfg.heartbeat_ttl / 4)
                 .clamp(Duration::from_millis(100), Duration::from_secs(1)),
             clock: liveness::system_clock(),
+            mono: liveness::monotonic_clock(),
         },
         loops.clone(),
         &tracker,
@@ -122,6 +173,10 @@ pub async fn run(
             node_grace: cfg.node_grace,
             heartbeat_interval: (cfg.heartbeat_ttl / 6).max(Duration::from_millis(200)),
             kafka_brokers: cfg.kafka_brokers.clone(),
+            allowed: cfg.allowed_commands.clone(),
+            run_as: cfg.run_as,
+            peer: peer.clone(),
+            cacert: cfg.tls.as_ref().and_then(|t| t.ca.clone()),
         },
         loops.clone(),
         &tracker,
@@ -139,7 +194,6 @@ pub async fn run(
     // gRPC first: a joining node must already answer the leader's AppendEntries.
     let grpc = {
         let node = node.clone();
-        let cluster_id = cluster_id.clone();
         let stop = grpc_stop.clone();
         let max = cfg.max_request_bytes;
         let data_dir = cfg.data_dir.clone();
@@ -148,12 +202,48 @@ pub async fn run(
             specs: specs.clone(),
             brokers: Arc::new(cfg.kafka_brokers.clone()),
         };
-        tracker.spawn(async move {
+        let reflection = cfg.enable_reflection;
+        let gate = gate.clone();
+        let audit = audit::start(node.clone(), cfg.audit_keep, loops.clone(), &tracker);
+        let peer_port = {
+            let (node, live, gate, stop) = (node.clone(), live.clone(), gate.clone(), stop.clone());
+            let (audit, data_dir) = (audit.clone(), data_dir.clone());
+            tracker.spawn(async move {
+                serve_peer(
+                    (peer_listener, peer_tls),
+                    node,
+                    live,
+                    data_dir,
+                    gate,
+                    audit,
+                    stop,
+                )
+                .await
+            })
+        };
+        let public = tracker.spawn(async move {
             serve_grpc(
-                listener, node, live, specs, data_dir, cluster_id, max, dlq_api, stop,
+                (listener, public_tls),
+                node,
+                live,
+                specs,
+                data_dir,
+                max,
+                dlq_api,
+                reflection,
+                gate,
+                audit,
+                stop,
             )
             .await
-        })
+        });
+        // Either server stopping on its own (an I/O error on its listener) stops the node.
+        async move {
+            tokio::select! {
+                r = public => r,
+                r = peer_port => r,
+            }
+        }
     };
     if let Some(l) = metrics_listener {
         let node = node.clone();
@@ -170,7 +260,7 @@ pub async fn run(
         tracker.spawn(async move { metrics_loop(node, cancel).await });
     }
 
-    let boot = bootstrap(&cfg, &node, &cluster_id, meta);
+    let boot = bootstrap(&cfg, &node, meta);
     let boot_result = tokio::select! {
         r = boot => r,
         _ = shutdown.cancelled() => Ok(()),
@@ -187,6 +277,14 @@ pub async fn run(
 
     tokio::select! {
         _ = shutdown.cancelled() => {}
+        fatal = node.stopped() => {
+            tracing::error!(error = %fatal, "Raft stopped; exiting so that a supervisor restarts this node");
+            loops.cancel();
+            grpc_stop.cancel();
+            tracker.close();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+            anyhow::bail!("Raft stopped: {fatal}");
+        }
         r = grpc => {
             // The gRPC server stopped on its own: an I/O error on the listener.
             loops.cancel();
@@ -219,27 +317,53 @@ pub async fn run(
     Ok(())
 }
 
+/// Serves `router` on `listener` until `stop`: over TLS (handshakes off the accept loop, see
+/// `flowctl_tls::incoming`) or plaintext. A macro, as the router's layered type is unnameable.
+macro_rules! serve {
+    ($router:expr, $listener:expr, $tls:expr, $stop:expr) => {
+        match $tls {
+            Some(tls) => {
+                $router
+                    .serve_with_incoming_shutdown(
+                        flowctl_tls::incoming($listener, tls),
+                        $stop.cancelled(),
+                    )
+                    .await
+            }
+            None => {
+                // `serve_with_incoming` ignores the builder's TCP options, so set them on the
+                // incoming stream: without TCP_NODELAY every reply waits ~40 ms for a delayed
+                // ACK.
+                let incoming = tonic::transport::server::TcpIncoming::from($listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(Duration::from_secs(30)));
+                $router
+                    .serve_with_incoming_shutdown(incoming, $stop.cancelled())
+                    .await
+            }
+        }
+    };
+}
+
 // Every argument is a distinct piece the services need; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 async fn serve_grpc(
-    listener: TcpListener,
+    listener: (TcpListener, Option<flowctl_tls::ServerTls>),
     node: RaftNode,
     live: liveness::LivenessHandle,
     specs: spec_cache::SpecCache,
     data_dir: std::path::PathBuf,
-    cluster_id: Arc<RwLock<String>>,
     max_request_bytes: usize,
     dlq_api: dlq::DlqApi,
+    enable_reflection: bool,
+    gate: auth::Gate,
+    audit: audit::AuditHandle,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let api = api::Api {
         node: node.clone(),
-        cluster_id: cluster_id.clone(),
         specs,
     };
-    let internal = RaftServiceServer::new(InternalService::new(node.clone(), cluster_id))
-        .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
     let pipelines =
         PipelineServiceServer::new(api.clone()).max_decoding_message_size(max_request_bytes);
     let clusters = ClusterServiceServer::new(api).max_decoding_message_size(max_request_bytes);
@@ -279,12 +403,6 @@ async fn serve_grpc(
         flowctl_proto::admin::v1::component_service_server::ComponentServiceServer::new(apis)
             .max_decoding_message_size(max_request_bytes)
             .max_encoding_message_size(64 * 1024 * 1024);
-    let liveness_internal =
-        flowctl_proto::internal::v1::liveness_service_server::LivenessServiceServer::new(
-            liveness::LivenessService { handle: live },
-        )
-        .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<PipelineServiceServer<api::Api>>()
@@ -295,22 +413,53 @@ async fn serve_grpc(
     reporter
         .set_serving::<flowctl_proto::admin::v1::schema_service_server::SchemaServiceServer<schemas::SchemaApi>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(flowctl_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("while building gRPC reflection")?;
-    // `serve_with_incoming` ignores the builder's TCP options, so set them on the incoming
-    // stream: without TCP_NODELAY every reply waits ~40 ms for a delayed ACK.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(30)));
+    // Off unless asked for: it hands any caller the full API description. Both versions,
+    // since many clients (grpcio-reflection, older grpcurl) speak only v1alpha.
+    fn reflection() -> tonic_reflection::server::Builder<'static> {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(flowctl_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    }
+    let (reflection_v1, reflection_v1alpha) = if enable_reflection {
+        (
+            Some(
+                reflection()
+                    .build_v1()
+                    .context("while building gRPC reflection")?,
+            ),
+            Some(
+                reflection()
+                    .build_v1alpha()
+                    .context("while building gRPC reflection")?,
+            ),
+        )
+    } else {
+        (None, None)
+    };
+    let (listener, tls) = listener;
     // Bounded work per connection: at most this many requests in flight on one HTTP/2
     // connection; a client that opens more streams waits for HTTP/2 flow control.
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(grpc_metrics::GrpcMetricsLayer)
-        .add_service(internal)
+        .layer(auth::AuthLayer {
+            gate: gate.clone(),
+            audit,
+            port: auth::Port::Public,
+        })
+        .add_service(
+            flowctl_proto::admin::v1::audit_service_server::AuditServiceServer::new(
+                audit::AuditApi { node: node.clone() },
+            ),
+        )
+        .add_service(
+            flowctl_proto::admin::v1::auth_service_server::AuthServiceServer::new(
+                auth_api::AuthApi {
+                    node: node.clone(),
+                    gate,
+                },
+            ),
+        )
         .add_service(pipelines)
         .add_service(clusters)
         .add_service(schema_api)
@@ -319,7 +468,6 @@ async fn serve_grpc(
         .add_service(legacy_api)
         .add_service(v1_api)
         .add_service(components_api)
-        .add_service(liveness_internal)
         .add_service(
             flowctl_proto::admin::v1::log_service_server::LogServiceServer::new(logs::LogApi {
                 node: node.clone(),
@@ -327,18 +475,113 @@ async fn serve_grpc(
             }),
         )
         .add_service(health)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(incoming, stop.cancelled())
-        .await
-        .context("gRPC server failed")
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha);
+    serve!(router, listener, tls, stop).context("gRPC server failed")
 }
 
-async fn bootstrap(
+/// The public port's and the peer port's TLS, from the configured files.
+fn load_tls(
     cfg: &ServerConfig,
-    node: &RaftNode,
-    cluster_id: &Arc<RwLock<String>>,
-    mut meta: NodeMeta,
+) -> anyhow::Result<(
+    Option<flowctl_tls::ServerTls>,
+    Option<flowctl_tls::ServerTls>,
+)> {
+    use flowctl_tls::{ClientAuth, ServerTls};
+    let public = match &cfg.tls {
+        None => None,
+        Some(files) => {
+            let mode = match (cfg.client_cert_auth, files.ca.is_some()) {
+                (true, _) => ClientAuth::Required,
+                (false, true) => ClientAuth::Optional,
+                (false, false) => ClientAuth::None,
+            };
+            Some(ServerTls::load(files.clone(), mode).context("TLS (public port)")?)
+        }
+    };
+    let peer = match &cfg.peer_tls {
+        None => None,
+        Some(files) => {
+            Some(ServerTls::load(files.clone(), ClientAuth::Required).context("TLS (peer port)")?)
+        }
+    };
+    Ok((public, peer))
+}
+
+/// Re-reads every certificate, key and CA file on SIGHUP, for connections accepted from then
+/// on; a file that does not load leaves the previous configuration in place. (Calls this node
+/// makes to its peers keep the client certificate they started with.)
+fn reload_on_sighup(
+    tls: Vec<flowctl_tls::ServerTls>,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) {
+    if tls.is_empty() {
+        return;
+    }
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; certificates reload only on restart");
+            return;
+        }
+    };
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            for t in &tls {
+                match t.reload() {
+                    Ok(()) => tracing::info!(cert = %t.files().cert.display(), "reloaded TLS certificate"),
+                    Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate"),
+                }
+            }
+        }
+    });
+}
+
+/// The peer port: Raft, forwarding, read index, membership, liveness relays and log proxying,
+/// for other nodes only (the peer secret, and a sender that names a member: see
+/// [`auth::Gate::admit_peer`]). None of it is served on the public port.
+async fn serve_peer(
+    (listener, tls): (TcpListener, Option<flowctl_tls::ServerTls>),
+    node: RaftNode,
+    live: liveness::LivenessHandle,
+    data_dir: std::path::PathBuf,
+    gate: auth::Gate,
+    audit: audit::AuditHandle,
+    stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let internal = RaftServiceServer::new(InternalService::new(node.clone()))
+        .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
+    let liveness_internal =
+        flowctl_proto::internal::v1::liveness_service_server::LivenessServiceServer::new(
+            liveness::LivenessService { handle: live },
+        )
+        .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
+    let logs = flowctl_proto::admin::v1::log_service_server::LogServiceServer::new(logs::LogApi {
+        node: node.clone(),
+        data_dir,
+    });
+    let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .layer(grpc_metrics::GrpcMetricsLayer)
+        .layer(auth::AuthLayer {
+            gate,
+            audit,
+            port: auth::Port::Peer,
+        })
+        .add_service(internal)
+        .add_service(liveness_internal)
+        .add_service(logs);
+    serve!(router, listener, tls, stop).context("gRPC server (peer port) failed")
+}
+
+async fn bootstrap(cfg: &ServerConfig, node: &RaftNode, mut meta: NodeMeta) -> anyhow::Result<()> {
     let initialized = node.is_initialized().await?;
     match (initialized, cfg.join.is_empty()) {
         (false, true) => {
@@ -352,19 +595,32 @@ async fn bootstrap(
             node.initialize_single().await?;
             meta.cluster_id = format!("{:016x}", rand::random::<u64>());
             meta.save(&cfg.data_dir)?;
-            *cluster_id.write().unwrap_or_else(|p| p.into_inner()) = meta.cluster_id.clone();
+            node.set_cluster_id(&meta.cluster_id);
             tracing::info!(cluster_id = %meta.cluster_id, "initialized a new single-node cluster");
+            if cfg.auth {
+                enable_auth(cfg, node).await?;
+            }
             Ok(())
         }
         (false, false) => {
             let resp = join(cfg, node, &meta, cfg.join_timeout).await?;
             meta.cluster_id = resp.cluster_id.clone();
             meta.save(&cfg.data_dir)?;
-            *cluster_id.write().unwrap_or_else(|p| p.into_inner()) = resp.cluster_id;
+            node.set_cluster_id(&resp.cluster_id);
             tracing::info!(leader = resp.leader_id, "joined the cluster as a voter");
             Ok(())
         }
-        (true, true) => Ok(()),
+        (true, true) => {
+            // A node's own applied state is on disk: a cluster created without --auth still
+            // shows it here, and the flag cannot turn it on now.
+            if cfg.auth && !node.read_stale(|s| s.auth.enabled).0 {
+                bail!(
+                    "--auth only creates a new cluster with authentication on; the cluster in {} was created without it: give every node the same --peer-token-file, then run `flowctl auth enable`",
+                    cfg.data_dir.display()
+                );
+            }
+            Ok(())
+        }
         (true, false) => {
             // Resuming with --join: confirm membership (a no-op for a voter), and refuse a data
             // dir of another cluster. If no member answers now, resume from the data dir.
@@ -378,6 +634,74 @@ async fn bootstrap(
             }
         }
     }
+}
+
+/// The cluster's peer secret: `--peer-token-file` (kept as `<data-dir>/peer.token` too), else
+/// `<data-dir>/peer.token`, else a new one when `--auth` creates a cluster; `None` runs the
+/// node-to-node RPCs open, as before authentication existed.
+fn peer_secret(cfg: &ServerConfig, meta: &NodeMeta) -> anyhow::Result<Option<auth::Secret>> {
+    let kept = cfg.data_dir.join(PEER_TOKEN_FILE);
+    if let Some(f) = &cfg.peer_token_file {
+        let s = auth::Secret::read(f).map_err(anyhow::Error::msg)?;
+        if !kept.exists() {
+            s.write_new(&kept).map_err(anyhow::Error::msg)?;
+        }
+        return Ok(Some(s));
+    }
+    if kept.exists() {
+        return Ok(Some(auth::Secret::read(&kept).map_err(anyhow::Error::msg)?));
+    }
+    if !cfg.auth {
+        return Ok(None);
+    }
+    if !meta.cluster_id.is_empty() {
+        bail!(
+            "--auth only creates a new cluster with authentication on; the cluster in {} was created without it: give every node the same --peer-token-file, then run `flowctl auth enable`",
+            cfg.data_dir.display()
+        );
+    }
+    let s = auth::Secret::generate();
+    s.write_new(&kept).map_err(anyhow::Error::msg)?;
+    tracing::info!(path = %kept.display(), "wrote the cluster's peer secret; give a copy to joining nodes with --peer-token-file");
+    Ok(Some(s))
+}
+
+/// The peer secret's file in a data dir.
+pub const PEER_TOKEN_FILE: &str = "peer.token";
+/// The bootstrap admin token's file in the first node's data dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Turns authentication on for a new cluster, with one admin token written to
+/// `<data-dir>/admin.token` (mode 0600). The token is never logged.
+async fn enable_auth(cfg: &ServerConfig, node: &RaftNode) -> anyhow::Result<()> {
+    use flowctl_state::auth::{CreateToken, SetAuth, TokenRecord};
+    let path = cfg.data_dir.join(ADMIN_TOKEN_FILE);
+    let secret = auth::Secret::generate();
+    let token = TokenRecord {
+        name: "admin".into(),
+        role: flowctl_state::auth::Role::Admin,
+        hash: auth::token_hash(secret.expose()),
+        created_ms: clock::now_ms(),
+        expires_ms: None,
+    };
+    // The file first: a crash before the commit leaves a file and no token, never a cluster
+    // with authentication on and no admin token anywhere.
+    secret.write_new(&path).map_err(anyhow::Error::msg)?;
+    // The token first, and authentication on only once it is there.
+    match node
+        .propose(flowctl_state::Command::CreateToken(CreateToken { token }))
+        .await
+        .context("while creating the admin token")?
+        .outcome
+    {
+        flowctl_state::Outcome::TokenCreated { .. } => {}
+        other => bail!("cannot create the admin token: {other:?}"),
+    }
+    node.propose(flowctl_state::Command::SetAuth(SetAuth { enabled: true }))
+        .await
+        .context("while turning authentication on")?;
+    tracing::info!(path = %path.display(), "authentication is on; the admin token is in this file");
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -401,6 +725,7 @@ async fn join(
                 node_id: node.id(),
                 addr: cfg.advertise.clone(),
                 cluster_id: meta.cluster_id.clone(),
+                peer_addr: cfg.peer_advertise.clone(),
             });
             req.set_timeout(Duration::from_secs(120));
             match client.join(req).await {
@@ -408,7 +733,9 @@ async fn join(
                 Err(s)
                     if matches!(
                         s.code(),
-                        tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument
+                        tonic::Code::FailedPrecondition
+                            | tonic::Code::InvalidArgument
+                            | tonic::Code::PermissionDenied
                     ) =>
                 {
                     return Err(JoinRefused(format!(

@@ -9,7 +9,13 @@
 //! commands: healthy → unhealthy after the TTL, unhealthy → healthy after a heartbeat, and
 //! unregistered after the expiry. A node that has just become leader grants every component
 //! one full TTL first (it has no heartbeat history), so failover raises no false alarms.
+//!
+//! Every decision is made on the leader's monotonic clock: when it last heard a component,
+//! when it became leader, when it saw a component's health last change. Wall time is only
+//! stamped into commands and replies for display, so a step of the wall clock (NTP, an
+//! operator) neither marks components down nor expires them.
 
+use crate::errors::ServiceError;
 use flowctl_proto::internal::v1 as ipb;
 use flowctl_proto::internal::v1::liveness_service_client::LivenessServiceClient;
 use flowctl_raft::RaftNode;
@@ -26,6 +32,16 @@ pub const BEAT_QUEUE: usize = 65_536;
 /// Most heartbeats in one relay RPC.
 const RELAY_BATCH: usize = 4096;
 const RELAY_INTERVAL: Duration = Duration::from_millis(50);
+/// Most heartbeats a relay RPC may carry: well above the [`RELAY_BATCH`] a follower sends, so
+/// that only a batch no follower builds is refused.
+pub const MAX_RELAYED_BEATS: usize = 10_000;
+/// Most metrics in one heartbeat. The leader keeps each component's latest metrics in memory,
+/// so these bounds, with the registry's size, bound that memory.
+pub const MAX_BEAT_METRICS: usize = 256;
+/// Longest metric name in a heartbeat, in bytes.
+pub const MAX_METRIC_KEY_BYTES: usize = 256;
+/// Longest metric value in a heartbeat, in bytes.
+pub const MAX_METRIC_VALUE_BYTES: usize = 256;
 
 /// Milliseconds since the Unix epoch; injectable so tests can drive time.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -39,6 +55,14 @@ pub fn system_clock() -> Clock {
     })
 }
 
+/// Milliseconds on a monotonic clock (since the first call in this process): liveness
+/// decisions use it, never the wall clock.
+pub fn monotonic_clock() -> Clock {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    Arc::new(move || start.elapsed().as_millis() as u64)
+}
+
 /// One heartbeat as it travels to the leader.
 #[derive(Debug, Clone)]
 pub struct Beat {
@@ -48,10 +72,48 @@ pub struct Beat {
     pub status: i32,
 }
 
+impl Beat {
+    /// Checks the metrics against [`MAX_BEAT_METRICS`], [`MAX_METRIC_KEY_BYTES`] and
+    /// [`MAX_METRIC_VALUE_BYTES`]; the message names the component and the bound.
+    pub fn check(&self) -> Result<(), String> {
+        if self.metrics.len() > MAX_BEAT_METRICS {
+            return Err(format!(
+                "heartbeat of {:?}: {} metrics, more than {MAX_BEAT_METRICS}",
+                self.id.0,
+                self.metrics.len()
+            ));
+        }
+        for (k, v) in &self.metrics {
+            if k.len() > MAX_METRIC_KEY_BYTES {
+                return Err(format!(
+                    "heartbeat of {:?}: a metric name of {} bytes, more than \
+                     {MAX_METRIC_KEY_BYTES}",
+                    self.id.0,
+                    k.len()
+                ));
+            }
+            if v.len() > MAX_METRIC_VALUE_BYTES {
+                return Err(format!(
+                    "heartbeat of {:?}: metric {:?} has a value of {} bytes, more than \
+                     {MAX_METRIC_VALUE_BYTES}",
+                    self.id.0,
+                    k,
+                    v.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the leader knows of a component beyond the registry.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LiveEntry {
+    /// Wall time of the last heartbeat, for display.
     pub last_heartbeat_ms: u64,
+    /// Monotonic time of the last heartbeat, for decisions (not sent between nodes: only the
+    /// leader's own clock means anything to it).
+    pub seen_mono_ms: u64,
     pub metrics: BTreeMap<String, String>,
     pub status: i32,
 }
@@ -64,31 +126,62 @@ pub enum Transition {
     Expire(ComponentId),
 }
 
-/// Decides the transitions due now. Pure: the registry, the in-memory view, the time this
-/// node became leader, and the limits in; transitions out.
+/// When the leader saw a component's health status as it is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    /// The replicated status: healthy, and the proposer's stamp of its last change.
+    status: (bool, u64),
+    /// Monotonic time at which this leader first saw that status (for a status it decided
+    /// itself, when it decided it: a heartbeat that arrives while the transition commits
+    /// counts as after it).
+    since_mono_ms: u64,
+    /// When this leader decided the component down, until the change is seen committed.
+    decided_down_mono_ms: Option<u64>,
+}
+
+/// Decides the transitions due now. Pure: the registry, the in-memory view, the statuses
+/// seen so far (updated here), the monotonic time now and when this node became leader, and
+/// the limits in; transitions out.
 pub fn decide(
     registry: &BTreeMap<ComponentId, ComponentRecord>,
     live: &HashMap<ComponentId, LiveEntry>,
-    now_ms: u64,
-    leader_since_ms: u64,
+    seen: &mut HashMap<ComponentId, Observed>,
+    now_mono_ms: u64,
+    leader_since_mono_ms: u64,
     ttl_ms: u64,
     expiry_ms: Option<u64>,
 ) -> Vec<Transition> {
     let mut out = Vec::new();
+    seen.retain(|id, _| registry.contains_key(id));
     for (id, rec) in registry {
-        let beat = live.get(id).map(|l| l.last_heartbeat_ms).unwrap_or(0);
-        let last_alive = beat.max(leader_since_ms).max(rec.status_changed_at_ms);
+        let status = (rec.healthy, rec.status_changed_at_ms);
+        let obs = seen.entry(id.clone()).or_insert(Observed {
+            status,
+            since_mono_ms: now_mono_ms,
+            decided_down_mono_ms: None,
+        });
+        if obs.status != status {
+            let decided = obs.decided_down_mono_ms.take();
+            obs.status = status;
+            obs.since_mono_ms = match decided {
+                Some(at) if !rec.healthy => at,
+                _ => now_mono_ms,
+            };
+        }
+        let beat = live.get(id).map(|l| l.seen_mono_ms).unwrap_or(0);
+        let last_alive = beat.max(leader_since_mono_ms).max(obs.since_mono_ms);
         if let Some(exp) = expiry_ms {
-            if now_ms.saturating_sub(last_alive) > exp {
+            if now_mono_ms.saturating_sub(last_alive) > exp {
                 out.push(Transition::Expire(id.clone()));
                 continue;
             }
         }
         if rec.healthy {
-            if now_ms.saturating_sub(last_alive) > ttl_ms {
+            if now_mono_ms.saturating_sub(last_alive) > ttl_ms {
+                obs.decided_down_mono_ms.get_or_insert(now_mono_ms);
                 out.push(Transition::Down(id.clone()));
             }
-        } else if beat > rec.status_changed_at_ms {
+        } else if beat > obs.since_mono_ms {
             out.push(Transition::Up(id.clone()));
         }
     }
@@ -101,7 +194,10 @@ pub struct LivenessOptions {
     /// `None` never expires components.
     pub expiry: Option<Duration>,
     pub sweep: Duration,
+    /// Wall time, stamped into commands and shown; never decides anything.
     pub clock: Clock,
+    /// Monotonic time, for every decision.
+    pub mono: Clock,
 }
 
 enum Msg {
@@ -124,6 +220,9 @@ pub struct LivenessHandle {
 pub enum Error {
     #[error("too many heartbeats queued; retry later")]
     Overloaded,
+    /// The heartbeat is beyond the bounds of [`Beat::check`].
+    #[error("{0}")]
+    Invalid(String),
     #[error("liveness tracker stopped")]
     Stopped,
     #[error("the leader's live view is unavailable: {0}")]
@@ -132,7 +231,11 @@ pub enum Error {
 
 impl LivenessHandle {
     /// Accepts a heartbeat: recorded here when this node leads, else relayed to the leader.
+    /// A heartbeat beyond the bounds is refused here, where it enters, so that a follower never
+    /// relays one and the leader's refusal of a relayed batch never costs other components
+    /// their heartbeats.
     pub fn beat(&self, beat: Beat) -> Result<(), Error> {
+        beat.check().map_err(Error::Invalid)?;
         let r = if self.node.is_leader() {
             self.tx
                 .try_send(Msg::Beats(vec![beat]))
@@ -209,6 +312,8 @@ impl LivenessHandle {
                     ComponentId(e.id),
                     LiveEntry {
                         last_heartbeat_ms: e.last_heartbeat_ms,
+                        // The leader's monotonic clock means nothing here.
+                        seen_mono_ms: 0,
                         metrics: e.metrics.into_iter().collect(),
                         status: e.status,
                     },
@@ -228,7 +333,7 @@ pub fn start(
     let (tx, rx) = mpsc::channel(BEAT_QUEUE);
     let (relay_tx, relay_rx) = mpsc::channel(BEAT_QUEUE);
     tracker.spawn(run_actor(node.clone(), opts, rx, cancel.clone()));
-    tracker.spawn(run_relay(node.clone(), relay_rx, cancel));
+    tracker.spawn(run_relay(node.clone(), relay_rx, tx.clone(), cancel));
     LivenessHandle {
         tx,
         relay: relay_tx,
@@ -243,6 +348,7 @@ async fn run_actor(
     cancel: CancellationToken,
 ) {
     let mut live: HashMap<ComponentId, LiveEntry> = HashMap::new();
+    let mut seen: HashMap<ComponentId, Observed> = HashMap::new();
     let mut leader_since: Option<u64> = None;
     let in_flight: Arc<Mutex<HashSet<Transition>>> = Arc::default();
     let mut tick = tokio::time::interval(opts.sweep);
@@ -254,9 +360,11 @@ async fn run_actor(
                 None => return,
                 Some(Msg::Beats(beats)) => {
                     let now = (opts.clock)();
+                    let mono = (opts.mono)();
                     for b in beats {
                         let e = live.entry(b.id).or_default();
                         e.last_heartbeat_ms = now;
+                        e.seen_mono_ms = mono;
                         e.metrics = b.metrics;
                         e.status = b.status;
                     }
@@ -274,13 +382,15 @@ async fn run_actor(
                 if !node.is_leader() {
                     // Only the leader keeps heartbeat history; a future leader starts afresh.
                     live.clear();
+                    seen.clear();
                     leader_since = None;
                     continue;
                 }
                 let now = (opts.clock)();
+                let mono = (opts.mono)();
                 let since = *leader_since.get_or_insert_with(|| {
                     tracing::info!("leading: every component gets one full TTL before it may be marked unhealthy");
-                    now
+                    mono
                 });
                 // Decide under the state's read lock rather than cloning the registry:
                 // with 100k components a copy per sweep would double the leader's memory.
@@ -290,7 +400,7 @@ async fn run_actor(
                     // Forget components that are no longer registered.
                     live.retain(|id, _| s.components.contains_key(id));
                     metrics::gauge!("flowctl_liveness_components").set(s.components.len() as f64);
-                    decide(&s.components, &live, now, since, ttl_ms, expiry_ms)
+                    decide(&s.components, &live, &mut seen, mono, since, ttl_ms, expiry_ms)
                 });
                 for t in due {
                     propose_transition(&node, t, now, &in_flight);
@@ -350,8 +460,16 @@ fn propose_transition(
     });
 }
 
-async fn run_relay(node: RaftNode, mut rx: mpsc::Receiver<Beat>, cancel: CancellationToken) {
+async fn run_relay(
+    node: RaftNode,
+    mut rx: mpsc::Receiver<Beat>,
+    actor: mpsc::Sender<Msg>,
+    cancel: CancellationToken,
+) {
     let mut buf: Vec<Beat> = Vec::new();
+    // A batch whose relay failed is sent once more with the next one (a leader change or a
+    // connection being set up costs no heartbeat); a batch that fails twice is dropped.
+    let mut retry: Vec<Beat> = Vec::new();
     let mut tick = tokio::time::interval(RELAY_INTERVAL);
     loop {
         tokio::select! {
@@ -367,33 +485,62 @@ async fn run_relay(node: RaftNode, mut rx: mpsc::Receiver<Beat>, cancel: Cancell
             },
             _ = tick.tick() => {}
         }
-        if buf.is_empty() {
+        if buf.is_empty() && retry.is_empty() {
             continue;
         }
-        let batch = std::mem::take(&mut buf);
+        let retried = retry.len();
+        // Older beats first: the leader keeps the last beat it reads for a component.
+        let mut batch = std::mem::take(&mut retry);
+        batch.append(&mut buf);
         let n = batch.len();
-        if let Err(e) = relay(&node, batch).await {
-            // Heartbeats repeat; losing one batch costs at most one interval of freshness.
-            metrics::counter!("flowctl_liveness_relay_dropped_total").increment(n as u64);
-            tracing::debug!(error = %e, n, "heartbeat relay failed");
+        match relay(&node, batch).await {
+            Ok(()) => {}
+            Err(Relay::Leading(beats)) => {
+                // This node leads now: its own actor records the beats.
+                if actor.try_send(Msg::Beats(beats)).is_err() {
+                    metrics::counter!("flowctl_liveness_relay_dropped_total").increment(n as u64);
+                }
+            }
+            Err(Relay::Failed(e, mut beats)) => {
+                metrics::counter!("flowctl_liveness_relay_dropped_total").increment(retried as u64);
+                tracing::debug!(error = %e, n, "heartbeat relay failed");
+                // Only the part not yet retried gets another try, within one batch's bound.
+                retry = beats.split_off(retried.min(beats.len()));
+                if retry.len() > RELAY_BATCH {
+                    let over = retry.len() - RELAY_BATCH;
+                    retry.drain(..over);
+                    metrics::counter!("flowctl_liveness_relay_dropped_total")
+                        .increment(over as u64);
+                }
+            }
         }
     }
 }
 
-async fn relay(node: &RaftNode, beats: Vec<Beat>) -> Result<(), String> {
-    let Some((leader, addr)) = node.leader() else {
-        return Err("no leader known".into());
+/// Why a relay did not reach the leader, with the beats back for the caller to place.
+enum Relay {
+    /// This node is the leader now.
+    Leading(Vec<Beat>),
+    Failed(String, Vec<Beat>),
+}
+
+async fn relay(node: &RaftNode, beats: Vec<Beat>) -> Result<(), Relay> {
+    let Some((leader, addr)) = node.leader_peer() else {
+        return Err(Relay::Failed("no leader known".into(), beats));
     };
     if leader == node.id() {
-        return Err("this node became leader; dropping relayed beats".into());
+        return Err(Relay::Leading(beats));
     }
-    let ch = node.peers().channel(&addr)?;
+    let ch = match node.peers().channel(&addr) {
+        Ok(ch) => ch,
+        Err(e) => return Err(Relay::Failed(e, beats)),
+    };
     let mut req = tonic::Request::new(ipb::HeartbeatBatch {
         beats: beats
-            .into_iter()
+            .iter()
             .map(|b| ipb::Beat {
-                id: b.id.0,
-                metrics: b.metrics.into_iter().collect(),
+                id: b.id.0.clone(),
+                metrics: b.metrics.clone().into_iter().collect(),
                 status: b.status,
             })
             .collect(),
@@ -403,7 +550,30 @@ async fn relay(node: &RaftNode, beats: Vec<Beat>) -> Result<(), String> {
         .relay_heartbeats(req)
         .await
         .map(|_| ())
-        .map_err(|s| s.message().to_owned())
+        .map_err(|s| Relay::Failed(s.message().to_owned(), beats))
+}
+
+/// The heartbeats of a relayed batch, if the batch is within [`MAX_RELAYED_BEATS`] and every
+/// heartbeat within the bounds of [`Beat::check`]. Anyone who reaches the internal port can
+/// send a batch, so it is checked whole before any of it is recorded.
+fn relayed_beats(batch: ipb::HeartbeatBatch) -> Result<Vec<Beat>, String> {
+    if batch.beats.len() > MAX_RELAYED_BEATS {
+        return Err(format!(
+            "beats: {} heartbeats in one batch, more than {MAX_RELAYED_BEATS}",
+            batch.beats.len()
+        ));
+    }
+    let beats: Vec<Beat> = batch
+        .beats
+        .into_iter()
+        .map(|b| Beat {
+            id: ComponentId(b.id),
+            metrics: b.metrics.into_iter().collect(),
+            status: b.status,
+        })
+        .collect();
+    beats.iter().try_for_each(Beat::check)?;
+    Ok(beats)
 }
 
 /// Serves `flowctl.internal.v1.LivenessService`.
@@ -418,16 +588,7 @@ impl ipb::liveness_service_server::LivenessService for LivenessService {
         &self,
         req: tonic::Request<ipb::HeartbeatBatch>,
     ) -> Result<tonic::Response<ipb::RelayResponse>, tonic::Status> {
-        let beats: Vec<Beat> = req
-            .into_inner()
-            .beats
-            .into_iter()
-            .map(|b| Beat {
-                id: ComponentId(b.id),
-                metrics: b.metrics.into_iter().collect(),
-                status: b.status,
-            })
-            .collect();
+        let beats = relayed_beats(req.into_inner()).map_err(ServiceError::BadArgument)?;
         let n = beats.len() as u32;
         self.handle
             .relayed(beats)
@@ -492,21 +653,91 @@ mod tests {
         )
     }
 
-    fn beat_at(ms: u64) -> LiveEntry {
+    fn wire_beat(id: &str, metrics: usize, key_bytes: usize, value_bytes: usize) -> ipb::Beat {
+        ipb::Beat {
+            id: id.into(),
+            metrics: (0..metrics)
+                .map(|i| {
+                    let key = format!("{i:0>key_bytes$}");
+                    (key, "7".repeat(value_bytes))
+                })
+                .collect(),
+            status: 0,
+        }
+    }
+
+    fn batch(beats: Vec<ipb::Beat>) -> ipb::HeartbeatBatch {
+        ipb::HeartbeatBatch { beats }
+    }
+
+    #[test]
+    fn a_relayed_batch_within_the_bounds_is_accepted_whole() {
+        let beats = (0..MAX_RELAYED_BEATS)
+            .map(|i| wire_beat(&format!("c-{i}"), 1, 8, 4))
+            .collect();
+        assert_eq!(
+            relayed_beats(batch(beats)).unwrap().len(),
+            MAX_RELAYED_BEATS
+        );
+        let edge = wire_beat(
+            "a",
+            MAX_BEAT_METRICS,
+            MAX_METRIC_KEY_BYTES,
+            MAX_METRIC_VALUE_BYTES,
+        );
+        let beats = relayed_beats(batch(vec![edge])).unwrap();
+        assert_eq!(beats[0].metrics.len(), MAX_BEAT_METRICS);
+    }
+
+    #[test]
+    fn a_relayed_batch_beyond_the_bounds_is_refused_whole() {
+        let too_many = (0..=MAX_RELAYED_BEATS)
+            .map(|i| wire_beat(&format!("c-{i}"), 0, 0, 0))
+            .collect();
+        let ok = || wire_beat("ok", 1, 8, 4);
+        for (b, says) in [
+            (batch(too_many), "heartbeats in one batch"),
+            (
+                batch(vec![ok(), wire_beat("a", MAX_BEAT_METRICS + 1, 8, 4)]),
+                "metrics, more than",
+            ),
+            (
+                batch(vec![ok(), wire_beat("a", 1, MAX_METRIC_KEY_BYTES + 1, 4)]),
+                "metric name",
+            ),
+            (
+                batch(vec![ok(), wire_beat("a", 1, 8, MAX_METRIC_VALUE_BYTES + 1)]),
+                "value",
+            ),
+        ] {
+            let err = relayed_beats(b).unwrap_err();
+            assert!(err.contains(says), "{err}");
+            let status = tonic::Status::from(ServiceError::BadArgument(err));
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        }
+    }
+
+    fn beat_at(mono_ms: u64) -> LiveEntry {
         LiveEntry {
-            last_heartbeat_ms: ms,
+            seen_mono_ms: mono_ms,
             ..Default::default()
         }
+    }
+
+    fn a() -> ComponentId {
+        ComponentId("a".into())
     }
 
     #[test]
     fn healthy_component_goes_down_only_after_the_ttl() {
         let reg: BTreeMap<_, _> = [rec("a", true, 0)].into();
-        let live: HashMap<_, _> = [(ComponentId("a".into()), beat_at(1_000))].into();
-        assert!(decide(&reg, &live, 30_000, 0, 30_000, None).is_empty());
+        let mut seen = HashMap::new();
+        let live: HashMap<_, _> = [(a(), beat_at(1_000))].into();
+        assert!(decide(&reg, &live, &mut seen, 0, 0, 30_000, None).is_empty());
+        assert!(decide(&reg, &live, &mut seen, 31_000, 0, 30_000, None).is_empty());
         assert_eq!(
-            decide(&reg, &live, 31_001, 0, 30_000, None),
-            vec![Transition::Down(ComponentId("a".into()))]
+            decide(&reg, &live, &mut seen, 31_001, 0, 30_000, None),
+            vec![Transition::Down(a())]
         );
     }
 
@@ -514,20 +745,46 @@ mod tests {
     fn a_new_leader_grants_a_full_ttl() {
         let reg: BTreeMap<_, _> = [rec("a", true, 0)].into();
         let none = HashMap::new();
+        let mut seen = HashMap::new();
         // Became leader at 100 s with no heartbeat history: nothing is due until 130 s.
-        assert!(decide(&reg, &none, 129_000, 100_000, 30_000, None).is_empty());
-        assert_eq!(decide(&reg, &none, 130_001, 100_000, 30_000, None).len(), 1);
+        assert!(decide(&reg, &none, &mut seen, 100_000, 100_000, 30_000, None).is_empty());
+        assert!(decide(&reg, &none, &mut seen, 129_000, 100_000, 30_000, None).is_empty());
+        assert_eq!(
+            decide(&reg, &none, &mut seen, 130_001, 100_000, 30_000, None).len(),
+            1
+        );
     }
 
     #[test]
     fn a_heartbeat_after_going_down_brings_it_back() {
         let reg: BTreeMap<_, _> = [rec("a", false, 50_000)].into();
-        let before: HashMap<_, _> = [(ComponentId("a".into()), beat_at(40_000))].into();
-        assert!(decide(&reg, &before, 60_000, 0, 30_000, None).is_empty());
-        let after: HashMap<_, _> = [(ComponentId("a".into()), beat_at(55_000))].into();
+        let mut seen = HashMap::new();
+        // The leader sees it down at 50 s (monotonic); a heartbeat from before does not count.
+        let before: HashMap<_, _> = [(a(), beat_at(40_000))].into();
+        assert!(decide(&reg, &before, &mut seen, 50_000, 0, 30_000, None).is_empty());
+        let after: HashMap<_, _> = [(a(), beat_at(55_000))].into();
         assert_eq!(
-            decide(&reg, &after, 60_000, 0, 30_000, None),
-            vec![Transition::Up(ComponentId("a".into()))]
+            decide(&reg, &after, &mut seen, 60_000, 0, 30_000, None),
+            vec![Transition::Up(a())]
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_while_the_down_transition_commits_brings_it_back() {
+        let mut seen = HashMap::new();
+        let silent: HashMap<_, _> = [(a(), beat_at(0))].into();
+        let up: BTreeMap<_, _> = [rec("a", true, 0)].into();
+        assert!(decide(&up, &silent, &mut seen, 0, 0, 30_000, None).is_empty());
+        assert_eq!(
+            decide(&up, &silent, &mut seen, 30_001, 0, 30_000, None),
+            vec![Transition::Down(a())]
+        );
+        // A heartbeat at 30.5 s, before the next sweep sees the committed change at 31 s.
+        let beat: HashMap<_, _> = [(a(), beat_at(30_500))].into();
+        let down: BTreeMap<_, _> = [rec("a", false, 30_001)].into();
+        assert_eq!(
+            decide(&down, &beat, &mut seen, 31_000, 0, 30_000, None),
+            vec![Transition::Up(a())]
         );
     }
 
@@ -535,10 +792,44 @@ mod tests {
     fn silent_components_expire() {
         let reg: BTreeMap<_, _> = [rec("a", false, 0)].into();
         let none = HashMap::new();
-        assert!(decide(&reg, &none, 1_000, 0, 30_000, Some(2_000)).is_empty());
+        let mut seen = HashMap::new();
+        assert!(decide(&reg, &none, &mut seen, 0, 0, 30_000, Some(2_000)).is_empty());
+        assert!(decide(&reg, &none, &mut seen, 1_000, 0, 30_000, Some(2_000)).is_empty());
         assert_eq!(
-            decide(&reg, &none, 2_001, 0, 30_000, Some(2_000)),
-            vec![Transition::Expire(ComponentId("a".into()))]
+            decide(&reg, &none, &mut seen, 2_001, 0, 30_000, Some(2_000)),
+            vec![Transition::Expire(a())]
+        );
+    }
+
+    #[test]
+    fn a_wall_clock_step_decides_nothing() {
+        // The replicated stamps say the component changed status "a day ago" or "in a day":
+        // decisions do not read them as times, only as a sign that the status changed.
+        let mut seen = HashMap::new();
+        let live: HashMap<_, _> = [(a(), beat_at(5_000))].into();
+        for stamp in [0, 86_400_000 * 365, u64::MAX] {
+            let reg: BTreeMap<_, _> = [rec("a", true, stamp)].into();
+            assert!(
+                decide(&reg, &live, &mut seen, 6_000, 0, 30_000, Some(60_000)).is_empty(),
+                "stamp {stamp}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_status_change_restarts_the_grace() {
+        let mut seen = HashMap::new();
+        let none = HashMap::new();
+        let down: BTreeMap<_, _> = [rec("a", false, 1)].into();
+        assert!(decide(&down, &none, &mut seen, 0, 0, 30_000, None).is_empty());
+        // Brought back up (a heartbeat then lost): the leader grants a full TTL from when it saw
+        // the change, not from the replicated stamp.
+        let up: BTreeMap<_, _> = [rec("a", true, 2)].into();
+        assert!(decide(&up, &none, &mut seen, 100_000, 0, 30_000, None).is_empty());
+        assert!(decide(&up, &none, &mut seen, 130_000, 0, 30_000, None).is_empty());
+        assert_eq!(
+            decide(&up, &none, &mut seen, 130_001, 0, 30_000, None),
+            vec![Transition::Down(a())]
         );
     }
 }

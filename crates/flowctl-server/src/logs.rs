@@ -73,7 +73,7 @@ impl pb::log_service_server::LogService for LogApi {
             )));
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let nodes = self.node.status().nodes;
+        let nodes = self.node.status().peers;
         for (pipeline, key, n) in placed {
             let tx = tx.clone();
             let label = format!("{pipeline}/{key}");

@@ -35,14 +35,30 @@ pub struct ApplyReport {
 
 /// Validates a document fully and stores it (unless `dry_run`). The proposer stamps the time
 /// and a candidate id; the state machine keeps the existing id on re-apply.
+/// How an apply stores.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// Validate and report what would change, storing nothing.
+    pub dry_run: bool,
+    /// Accept event types that are not registered schema subjects.
+    pub allow_unregistered_types: bool,
+    /// Store only if the pipeline is at this generation (0: does not exist). Checked where
+    /// the write applies, so that a retried request still gets its first answer.
+    pub if_generation: Option<u64>,
+}
+
 pub async fn apply(
     node: &RaftNode,
     specs: &crate::spec_cache::SpecCache,
     file: &str,
     yaml: &str,
-    dry_run: bool,
-    allow_unregistered_types: bool,
+    opts: ApplyOptions,
 ) -> Result<ApplyReport, ServiceError> {
+    let ApplyOptions {
+        dry_run,
+        allow_unregistered_types,
+        if_generation,
+    } = opts;
     // The same full validation as `flowctl validate`; the node that receives the request runs
     // it, so nothing unvalidated reaches the log.
     let validated = flowctl_spec::validate_pipeline(file, yaml)?;
@@ -60,6 +76,17 @@ pub async fn apply(
         .map(|r| r.spec_yaml.clone())
         .unwrap_or_default();
     if dry_run {
+        if let Some(want) = if_generation {
+            let have = stored.as_ref().map_or(0, |r| r.generation);
+            if have != want {
+                return Err(ServiceError::from(flowctl_state::Rejection::Conflict(
+                    format!(
+                        "pipeline {} is at generation {have}, not {want} (--if-generation)",
+                        doc.name()
+                    ),
+                )));
+            }
+        }
         let result = match &stored {
             None => ApplyResult::Created,
             Some(r) if r.canonical == doc.canonical_json() => ApplyResult::Unchanged,
@@ -79,6 +106,7 @@ pub async fn apply(
         spec_yaml: yaml.to_owned(),
         canonical: doc.canonical_json(),
         at_ms: now_ms(),
+        if_generation,
     });
     let applied = node.propose(cmd).await?;
     match applied.outcome {

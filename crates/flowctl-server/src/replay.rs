@@ -18,8 +18,8 @@ use crate::spec_cache::SpecCache;
 use flowctl_proto::admin::v1 as pb;
 use flowctl_raft::RaftNode;
 use flowctl_state::replay::{
-    AssignChunks, ChunkProgress, ChunkState, ControlReplay, CreateReplay, Job, JobState,
-    ReplayAction, ReportChunk, RequeueChunks,
+    plan_chunks, AssignChunks, ChunkProgress, ChunkState, ControlReplay, CreateReplay, Job,
+    JobState, ReplayAction, ReportChunk, RequeueChunks,
 };
 use flowctl_state::{Command, ComponentId, Outcome};
 use std::collections::{BTreeMap, BTreeSet};
@@ -281,14 +281,22 @@ fn job_pb(s: &flowctl_state::State, j: &Job, now: u64) -> pb::ReplayJob {
     }
 }
 
+/// The chunk size a create request asks for (0 means the default), once its ledger range and
+/// chunk count are within the state machine's limits. Checked before anything is read or
+/// proposed; the state machine checks the command again with the same function.
+fn checked_chunk_size(req: &pb::CreateReplayRequest) -> Result<u32, ServiceError> {
+    let chunk_size = if req.chunk_size == 0 {
+        DEFAULT_CHUNK_SIZE
+    } else {
+        req.chunk_size
+    };
+    plan_chunks(req.from_ledger, req.to_ledger, chunk_size).map_err(ServiceError::BadArgument)?;
+    Ok(chunk_size)
+}
+
 impl ReplayApi {
     async fn create(&self, req: pb::CreateReplayRequest) -> Result<pb::ReplayJob, ServiceError> {
-        if req.from_ledger > req.to_ledger {
-            return Err(ServiceError::BadArgument(format!(
-                "--from-ledger {} is after --to-ledger {}",
-                req.from_ledger, req.to_ledger
-            )));
-        }
+        let chunk_size = checked_chunk_size(&req)?;
         let (rec, _) = self
             .node
             .read_linearizable(|s| s.pipelines.get(&req.pipeline).cloned())
@@ -345,11 +353,7 @@ impl ReplayApi {
             source,
             from_ledger: req.from_ledger,
             to_ledger: req.to_ledger,
-            chunk_size: if req.chunk_size == 0 {
-                DEFAULT_CHUNK_SIZE
-            } else {
-                req.chunk_size
-            },
+            chunk_size,
             max_parallel: if req.max_parallel == 0 {
                 replicas.max(1)
             } else {
@@ -369,14 +373,15 @@ impl ReplayApi {
             .node
             .propose(Command::CreateReplay(CreateReplay { job: job.clone() }))
             .await?;
-        match applied.outcome {
-            Outcome::ReplayCreated { .. } => {}
+        // A retried request answers with the job its first copy created, not this one's id.
+        let id = match applied.outcome {
+            Outcome::ReplayCreated { job, .. } => job,
             Outcome::Rejected(r) => return Err(r.into()),
             other => return Err(ServiceError::Unexpected(format!("{other:?}"))),
-        }
+        };
         let (found, _) = self
             .node
-            .read_linearizable(|s| s.replays.jobs.get(&job.id).map(|j| job_pb(s, j, now_ms())))
+            .read_linearizable(|s| s.replays.jobs.get(&id).map(|j| job_pb(s, j, now_ms())))
             .await?;
         found.ok_or_else(|| ServiceError::Unexpected("created job not found".into()))
     }
@@ -388,9 +393,9 @@ impl pb::replay_service_server::ReplayService for ReplayApi {
         &self,
         req: Request<pb::CreateReplayRequest>,
     ) -> Result<Response<pb::ReplayJob>, Status> {
-        Ok(Response::new(
-            ReplayApi::create(self, req.into_inner()).await?,
-        ))
+        let job = ReplayApi::create(self, req.into_inner()).await?;
+        let what = format!("replay/{}", job.id);
+        Ok(crate::audit::resource(Response::new(job), what))
     }
 
     async fn list(
@@ -508,9 +513,11 @@ impl pb::replay_service_server::ReplayService for ReplayApi {
             .read_linearizable(|s| s.replays.jobs.get(&req.id).map(|j| job_pb(s, j, now)))
             .await
             .map_err(ServiceError::from)?;
-        job.map(Response::new).ok_or_else(|| {
-            ServiceError::NotFound(format!("replay job {:?} not found", req.id)).into()
-        })
+        let what = format!("replay/{}", req.id);
+        job.map(|j| crate::audit::resource(Response::new(j), what))
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!("replay job {:?} not found", req.id)).into()
+            })
     }
 
     type WatchChunksStream =
@@ -520,6 +527,8 @@ impl pb::replay_service_server::ReplayService for ReplayApi {
         &self,
         req: Request<pb::WatchChunksRequest>,
     ) -> Result<Response<Self::WatchChunksStream>, Status> {
+        // An instance token watches for its own component only.
+        crate::auth::check_component_scope(&req, &req.get_ref().component_id)?;
         let id = req.into_inner().component_id;
         if id.is_empty() {
             return Err(ServiceError::BadArgument("component_id must not be empty".into()).into());
@@ -601,6 +610,8 @@ impl pb::replay_service_server::ReplayService for ReplayApi {
         &self,
         req: Request<pb::ChunkReport>,
     ) -> Result<Response<pb::ChunkReportAck>, Status> {
+        // An instance token reports for its own component only.
+        crate::auth::check_component_scope(&req, &req.get_ref().component_id)?;
         let r = req.into_inner();
         let progress = match pb::ChunkReportState::try_from(r.state) {
             Ok(pb::ChunkReportState::Running) => ChunkProgress::Running,
@@ -633,5 +644,56 @@ impl pb::replay_service_server::ReplayService for ReplayApi {
             Outcome::Rejected(r) => Err(ServiceError::from(r).into()),
             other => Err(ServiceError::Unexpected(format!("{other:?}")).into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowctl_state::replay::{MAX_CHUNKS_PER_JOB, MAX_LEDGERS};
+
+    fn req(from_ledger: u64, to_ledger: u64, chunk_size: u32) -> pb::CreateReplayRequest {
+        pb::CreateReplayRequest {
+            pipeline: "p".into(),
+            from_ledger,
+            to_ledger,
+            chunk_size,
+            ..Default::default()
+        }
+    }
+
+    /// The status a refused request gets, and its message.
+    fn refusal(r: &pb::CreateReplayRequest) -> (tonic::Code, String) {
+        let status = Status::from(checked_chunk_size(r).unwrap_err());
+        (status.code(), status.message().to_owned())
+    }
+
+    #[test]
+    fn a_create_request_beyond_the_limits_is_an_invalid_argument_naming_the_field() {
+        for (r, field) in [
+            (req(10, 9, 64), "from_ledger"),
+            (req(1, MAX_LEDGERS + 1, 64), "to_ledger"),
+            (req(u64::MAX - 1, u64::MAX, 64), "to_ledger"),
+            (req(1, MAX_LEDGERS, 1), "chunk_size"),
+        ] {
+            let (code, message) = refusal(&r);
+            assert_eq!(code, tonic::Code::InvalidArgument, "{r:?}");
+            assert!(message.contains(field), "{r:?}: {message}");
+            assert!(!message.contains('\n'), "{r:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_create_request_within_the_limits_gets_its_chunk_size_or_the_default() {
+        assert_eq!(
+            checked_chunk_size(&req(100, 299, 0)).unwrap(),
+            DEFAULT_CHUNK_SIZE
+        );
+        assert_eq!(checked_chunk_size(&req(100, 299, 7)).unwrap(), 7);
+        let smallest = (MAX_LEDGERS / u64::from(MAX_CHUNKS_PER_JOB)) as u32;
+        assert_eq!(
+            checked_chunk_size(&req(1, MAX_LEDGERS, smallest)).unwrap(),
+            smallest
+        );
     }
 }

@@ -241,9 +241,8 @@ impl pb::schema_service_server::SchemaService for SchemaApi {
         &self,
         req: Request<pb::PushSchemasRequest>,
     ) -> Result<Response<pb::PushSchemasResponse>, Status> {
-        Ok(Response::new(
-            SchemaApi::push(self, req.into_inner()).await?,
-        ))
+        let resp = Response::new(SchemaApi::push(self, req.into_inner()).await?);
+        Ok(crate::audit::resource(resp, "schemas".into()))
     }
 
     async fn list_subjects(
@@ -339,6 +338,10 @@ impl pb::schema_service_server::SchemaService for SchemaApi {
         req: Request<pb::SetCompatibilityRequest>,
     ) -> Result<Response<pb::SetCompatibilityResponse>, Status> {
         let req = req.into_inner();
+        let what = match req.subject.as_str() {
+            "" => "subject/*".to_owned(),
+            s => format!("subject/{s}"),
+        };
         let mode = check_mode(&req.mode)?;
         let cmd = Command::SetCompatibility(SetCompatibility {
             subject: (!req.subject.is_empty()).then(|| req.subject.clone()),
@@ -347,10 +350,13 @@ impl pb::schema_service_server::SchemaService for SchemaApi {
         });
         let applied = self.node.propose(cmd).await.map_err(ServiceError::from)?;
         match applied.outcome {
-            Outcome::CompatibilitySet => Ok(Response::new(pb::SetCompatibilityResponse {
-                mode,
-                applied_index: applied.log_index,
-            })),
+            Outcome::CompatibilitySet => Ok(crate::audit::resource(
+                Response::new(pb::SetCompatibilityResponse {
+                    mode,
+                    applied_index: applied.log_index,
+                }),
+                what,
+            )),
             Outcome::Rejected(r) => Err(ServiceError::from(r).into()),
             other => Err(ServiceError::Unexpected(format!("{other:?}")).into()),
         }
@@ -388,6 +394,7 @@ impl pb::schema_service_server::SchemaService for SchemaApi {
         req: Request<pb::DeleteSchemaRequest>,
     ) -> Result<Response<pb::DeleteSchemaResponse>, Status> {
         let req = req.into_inner();
+        let what = format!("subject/{}", req.subject);
         let cmd = Command::DeleteSchema(DeleteSchema {
             subject: req.subject,
             version: (req.version != 0).then_some(req.version),
@@ -396,12 +403,13 @@ impl pb::schema_service_server::SchemaService for SchemaApi {
         });
         let applied = self.node.propose(cmd).await.map_err(ServiceError::from)?;
         match applied.outcome {
-            Outcome::SchemasDeleted { versions, .. } => {
-                Ok(Response::new(pb::DeleteSchemaResponse {
+            Outcome::SchemasDeleted { versions, .. } => Ok(crate::audit::resource(
+                Response::new(pb::DeleteSchemaResponse {
                     versions,
                     applied_index: applied.log_index,
-                }))
-            }
+                }),
+                what,
+            )),
             Outcome::Rejected(r) => Err(ServiceError::from(r).into()),
             other => Err(ServiceError::Unexpected(format!("{other:?}")).into()),
         }

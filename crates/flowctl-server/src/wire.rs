@@ -2,6 +2,7 @@
 //! current `flowctl.v1.ControlPlaneService`) and for the CLI's `ComponentService`: decode,
 //! call `components`, encode.
 
+use crate::auth::check_component_scope;
 use crate::components::{self, ComponentView};
 use crate::liveness::{Beat, LivenessHandle};
 use crate::pipelines::Consistency;
@@ -12,6 +13,8 @@ use flowctl_state::components::{Api, ComponentKind, ComponentSpec};
 use flowctl_state::ComponentId;
 use std::collections::HashMap;
 use tonic::{Request, Response, Status};
+
+use flowctl_proto::v1::HEALTH_ENDPOINT_METADATA_KEY;
 
 #[derive(Clone)]
 pub struct ComponentApis {
@@ -144,8 +147,10 @@ impl legacy::control_plane_server::ControlPlane for ComponentApis {
         &self,
         req: Request<legacy::ServiceInfo>,
     ) -> Result<Response<legacy::RegistrationAck>, Status> {
-        let info = req.into_inner();
+        let info = req.get_ref();
         let id = components::choose_id(&[&info.component_id, &info.service_id])?;
+        check_component_scope(&req, &id.0)?;
+        let info = req.into_inner();
         let spec = ComponentSpec {
             id,
             api: Api::Legacy,
@@ -161,17 +166,20 @@ impl legacy::control_plane_server::ControlPlane for ComponentApis {
             metadata: info.metadata.into_iter().collect(),
         };
         let reg = components::register(&self.node, &self.data, spec).await?;
-        Ok(Response::new(legacy::RegistrationAck {
+        let what = format!("component/{}", reg.id.0);
+        let resp = Response::new(legacy::RegistrationAck {
             service_id: reg.id.0,
             topic_names: reg.topics,
             connection_info: reg.connection_info.into_iter().collect(),
-        }))
+        });
+        Ok(crate::audit::resource(resp, what))
     }
 
     async fn heartbeat(
         &self,
         req: Request<legacy::ServiceHeartbeat>,
     ) -> Result<Response<()>, Status> {
+        check_component_scope(&req, &req.get_ref().service_id)?;
         let hb = req.into_inner();
         let beat = Beat {
             id: ComponentId(hb.service_id),
@@ -218,9 +226,16 @@ impl v1::control_plane_service_server::ControlPlaneService for ComponentApis {
         &self,
         req: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
+        let r = req.get_ref();
+        let requested = r
+            .component
+            .as_ref()
+            .map(|c| c.id.as_str())
+            .unwrap_or_default();
+        let id = components::choose_id(&[&r.component_id, requested])?;
+        check_component_scope(&req, &id.0)?;
         let req = req.into_inner();
         let c = req.component.unwrap_or_default();
-        let id = components::choose_id(&[&req.component_id, &c.id])?;
         let spec = ComponentSpec {
             id,
             api: Api::V1,
@@ -231,24 +246,36 @@ impl v1::control_plane_service_server::ControlPlaneService for ComponentApis {
             input_event_types: c.input_event_types,
             output_event_types: c.output_event_types,
             endpoint: c.endpoint,
-            health_endpoint: String::new(),
+            // The v1 API has no health field; the agent names its URL in the metadata.
+            health_endpoint: c
+                .metadata
+                .get(HEALTH_ENDPOINT_METADATA_KEY)
+                .cloned()
+                .unwrap_or_default(),
             max_inflight: 0,
             metadata: c.metadata.into_iter().collect(),
         };
         let reg = components::register(&self.node, &self.data, spec).await?;
-        Ok(Response::new(v1::RegisterResponse {
+        let what = format!("component/{}", reg.id.0);
+        let resp = Response::new(v1::RegisterResponse {
             service_id: reg.id.0,
             assigned_topics: reg.topics,
             connection_info: reg.connection_info.into_iter().collect(),
-        }))
+        });
+        Ok(crate::audit::resource(resp, what))
     }
 
     async fn unregister_component(
         &self,
         req: Request<v1::UnregisterRequest>,
     ) -> Result<Response<()>, Status> {
-        components::unregister(&self.node, &req.into_inner().service_id).await?;
-        Ok(Response::new(()))
+        check_component_scope(&req, &req.get_ref().service_id)?;
+        let id = req.into_inner().service_id;
+        components::unregister(&self.node, &id).await?;
+        Ok(crate::audit::resource(
+            Response::new(()),
+            format!("component/{id}"),
+        ))
     }
 
     async fn discover_components(
@@ -280,6 +307,7 @@ impl v1::control_plane_service_server::ControlPlaneService for ComponentApis {
     }
 
     async fn heartbeat(&self, req: Request<v1::HeartbeatRequest>) -> Result<Response<()>, Status> {
+        check_component_scope(&req, &req.get_ref().service_id)?;
         let hb = req.into_inner();
         let beat = Beat {
             id: ComponentId(hb.service_id),

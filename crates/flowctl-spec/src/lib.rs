@@ -223,6 +223,35 @@ pub fn parse_pipeline(file: &str, text: &str) -> Result<PipelineDoc, Error> {
     }
 }
 
+/// The environment variable a component's `config` key becomes: UPPER_SNAKE, with a `_` at
+/// each camelCase hump and for every run of other characters (`startLedger` → `START_LEDGER`,
+/// `network.passphrase` → `NETWORK_PASSPHRASE`).
+pub fn config_env_name(key: &str) -> String {
+    let mut out = String::new();
+    let mut prev_lower = false;
+    for ch in key.chars() {
+        if ch.is_ascii_alphanumeric() {
+            if ch.is_ascii_uppercase() && prev_lower {
+                out.push('_');
+            }
+            prev_lower = ch.is_ascii_lowercase() || ch.is_ascii_digit();
+            out.push(ch.to_ascii_uppercase());
+        } else {
+            prev_lower = false;
+            if !out.ends_with('_') {
+                out.push('_');
+            }
+        }
+    }
+    out
+}
+
+/// Whether an environment variable would change how the dynamic loader starts every program
+/// (`LD_PRELOAD`, `LD_LIBRARY_PATH`, ...): such variables are refused in a spec.
+pub fn is_loader_variable(name: &str) -> bool {
+    name.starts_with("LD_")
+}
+
 /// Checks a resource name: lowercase letters, digits and '-', starting and ending with an
 /// alphanumeric, at most [`MAX_NAME_LEN`] characters.
 pub fn check_name(name: &str) -> Result<(), String> {

@@ -816,7 +816,23 @@ impl Walker {
             Some(n) => match &n.value {
                 Value::Null => serde_json::Map::new(),
                 Value::Map(_) => match n.value.to_json() {
-                    serde_json::Value::Object(m) => m,
+                    serde_json::Value::Object(m) => {
+                        let p = f.path("config");
+                        for k in m.keys() {
+                            let var = crate::config_env_name(k);
+                            if crate::is_loader_variable(&var) {
+                                self.err(
+                                    child_path(&p, k),
+                                    n.pos,
+                                    format!(
+                                        "becomes the variable {var}, which changes how the dynamic loader starts programs, and is not allowed"
+                                    ),
+                                );
+                                ok = false;
+                            }
+                        }
+                        m
+                    }
                     _ => serde_json::Map::new(),
                 },
                 _ => {
@@ -833,14 +849,18 @@ impl Walker {
             match self.string_map(n, &p) {
                 Some(kv) => {
                     for (k, v) in kv {
-                        if !is_env_name(&k.name) {
+                        let problem = if !is_env_name(&k.name) {
+                            Some("is not an environment variable name (letters, digits and '_', not starting with a digit)")
+                        } else if crate::is_loader_variable(&k.name) {
+                            Some("changes how the dynamic loader starts programs, and is not allowed")
+                        } else {
+                            None
+                        };
+                        if let Some(problem) = problem {
                             self.err(
                                 child_path(&p, &k.name),
                                 k.pos,
-                                format!(
-                                    "{:?} is not an environment variable name (letters, digits and '_', not starting with a digit)",
-                                    k.name
-                                ),
+                                format!("{:?} {problem}", k.name),
                             );
                             ok = false;
                         }

@@ -87,6 +87,7 @@ mod tests {
             spec_yaml: "kind: Pipeline\n".into(),
             canonical: "{\"kind\":\"Pipeline\"}".into(),
             at_ms: 1_700_000_000_000,
+            if_generation: None,
         })
     }
 

@@ -11,6 +11,8 @@
 //!   applied as a recorded [`Rejection`].
 //! - Every persisted encoding starts with a version byte (see [`codec`]).
 
+pub mod audit;
+pub mod auth;
 pub mod codec;
 pub mod components;
 pub mod dlq;
@@ -18,6 +20,7 @@ pub mod ids;
 pub mod pipelines;
 pub mod placements;
 pub mod replay;
+pub mod requests;
 pub mod runtime;
 pub mod schemas;
 
@@ -67,9 +70,50 @@ pub enum Command {
     ReportChunk(replay::ReportChunk),
     RequeueChunks(replay::RequeueChunks),
     ControlReplay(replay::ControlReplay),
+    /// Turn authentication on or off.
+    SetAuth(auth::SetAuth),
+    /// Store a new authentication token (its hash, never its secret).
+    CreateToken(auth::CreateToken),
+    /// Remove an authentication token.
+    RevokeToken(auth::RevokeToken),
+    /// Append accepted writes to the audit log and trim it to a bound.
+    RecordAudit(audit::RecordAudit),
+    /// A write applied at most once per request id: a retry answers what the first copy
+    /// answered (see [`requests`]).
+    Once(requests::Once),
     /// Several commands proposed together as one log entry (the leader batches concurrent
     /// proposals). They apply in order; each gets its own outcome.
     Batch(Vec<Command>),
+}
+
+impl Command {
+    /// An upper estimate of the command's encoded size, in bytes, cheap to compute: the
+    /// proposer bounds a batched log entry by it. Text counts twice (JSON escapes it), binary
+    /// 4/3 (base64), and every command a fixed 512 for its other fields.
+    pub fn approx_bytes(&self) -> usize {
+        const BASE: usize = 512;
+        match self {
+            Command::ApplyPipeline(c) => BASE + 2 * (c.spec_yaml.len() + c.canonical.len()),
+            Command::PushSchemas(c) => {
+                BASE + c
+                    .subjects
+                    .iter()
+                    .map(|s| BASE + 2 * s.source.len() + s.descriptor_set.len() * 4 / 3)
+                    .sum::<usize>()
+            }
+            Command::IndexDlq(c) => {
+                BASE + c
+                    .entries
+                    .iter()
+                    .map(|e| BASE + 2 * (e.error.len() + e.key.len()))
+                    .sum::<usize>()
+            }
+            Command::RecordAudit(c) => BASE + c.entries.len() * 4 * audit::MAX_AUDIT_FIELD,
+            Command::Once(o) => BASE + o.command.approx_bytes(),
+            Command::Batch(cmds) => BASE + cmds.iter().map(Command::approx_bytes).sum::<usize>(),
+            _ => BASE,
+        }
+    }
 }
 
 /// Why a command changed nothing.
@@ -144,6 +188,19 @@ pub enum Outcome {
     ReplayControlled {
         state: String,
     },
+    AuthSet {
+        enabled: bool,
+    },
+    TokenCreated {
+        name: String,
+    },
+    TokenRevoked {
+        name: String,
+    },
+    AuditRecorded {
+        first_seq: u64,
+        count: usize,
+    },
     Rejected(Rejection),
     /// The outcomes of a [`Command::Batch`], in order.
     Batch(Vec<Outcome>),
@@ -164,6 +221,16 @@ pub enum Touched {
     DlqOffset(String),
     ReplayJob(String),
     ReplayChunk(String, u32),
+    /// The authentication flag and revision.
+    AuthMeta,
+    /// An authentication token, by name.
+    Token(String),
+    /// An audit record, by sequence number.
+    AuditRecord(u64),
+    /// The audit log's next sequence number.
+    AuditMeta,
+    /// A remembered request, by id.
+    Request(requests::RequestId),
 }
 
 /// The whole replicated application state.
@@ -188,6 +255,15 @@ pub struct State {
     /// Range replay jobs.
     #[serde(default, skip_serializing_if = "replay::ReplayJobs::is_empty")]
     pub replays: replay::ReplayJobs,
+    /// Authentication: the enabled flag and the tokens.
+    #[serde(default, skip_serializing_if = "auth::AuthState::is_empty")]
+    pub auth: auth::AuthState,
+    /// The audit log of accepted writes.
+    #[serde(default, skip_serializing_if = "audit::AuditLog::is_empty")]
+    pub audit: audit::AuditLog,
+    /// Outcomes of recent writes by request id, so that retries are safe.
+    #[serde(default, skip_serializing_if = "requests::Requests::is_empty")]
+    pub requests: requests::Requests,
     /// Index of pipeline ids to names: derived from `pipelines`, never persisted. `apply`
     /// rebuilds it when it is out of step (after decoding or loading from disk).
     #[serde(skip)]
@@ -205,6 +281,9 @@ impl PartialEq for State {
             && self.schemas == other.schemas
             && self.dlq == other.dlq
             && self.replays == other.replays
+            && self.auth == other.auth
+            && self.audit == other.audit
+            && self.requests == other.requests
     }
 }
 
@@ -231,6 +310,11 @@ pub fn apply(state: &mut State, index: u64, cmd: &Command) -> (Outcome, Vec<Touc
         Command::ReportChunk(c) => replay::report(state, c),
         Command::RequeueChunks(c) => replay::requeue(state, c),
         Command::ControlReplay(c) => replay::control(state, c),
+        Command::SetAuth(c) => auth::set_auth(state, index, c),
+        Command::CreateToken(c) => auth::create_token(state, index, c),
+        Command::RevokeToken(c) => auth::revoke_token(state, index, c),
+        Command::RecordAudit(c) => audit::record(state, c),
+        Command::Once(c) => requests::once(state, index, c),
         Command::Batch(cmds) => {
             let mut outcomes = Vec::with_capacity(cmds.len());
             let mut touched = Vec::new();

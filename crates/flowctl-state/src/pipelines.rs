@@ -37,6 +37,10 @@ pub struct ApplyPipeline {
     pub canonical: String,
     /// The proposer's clock.
     pub at_ms: u64,
+    /// Compare-and-set: apply only if the stored generation is this one (0: only if the
+    /// pipeline does not exist yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_generation: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,9 +53,13 @@ pub(crate) fn apply_pipeline(
     index: u64,
     c: &ApplyPipeline,
 ) -> (Outcome, Vec<Touched>) {
-    if c.name.is_empty() {
+    // The name becomes a state key and a directory name (`<data-dir>/logs/<name>`,
+    // `<data-dir>/work/<name>`) on every node, and a command may come from anywhere that can
+    // propose, so it must be a DNS label here too, not only in the API's validation. The
+    // document itself stays opaque to the state machine.
+    if let Err(m) = flowctl_spec::check_name(&c.name) {
         return (
-            Outcome::Rejected(Rejection::Invalid("pipeline name is empty".into())),
+            Outcome::Rejected(Rejection::Invalid(format!("pipeline name: {m}"))),
             vec![],
         );
     }
@@ -62,6 +70,23 @@ pub(crate) fn apply_pipeline(
             .values()
             .map(|p| (p.id.clone(), p.name.clone()))
             .collect();
+    }
+    if let Some(want) = c.if_generation {
+        let have = state.pipelines.get(&c.name).map_or(0, |p| p.generation);
+        if have != want {
+            let at = if have == 0 {
+                "does not exist".to_owned()
+            } else {
+                format!("is at generation {have}")
+            };
+            return (
+                Outcome::Rejected(Rejection::Conflict(format!(
+                    "pipeline {} {at}, not {want} (--if-generation)",
+                    c.name
+                ))),
+                vec![],
+            );
+        }
     }
     match state.pipelines.get_mut(&c.name) {
         Some(existing) if existing.canonical == c.canonical => (
@@ -162,6 +187,7 @@ mod tests {
             spec_yaml: format!("# {canonical}"),
             canonical: canonical.into(),
             at_ms: at,
+            if_generation: None,
         })
     }
 
@@ -209,6 +235,21 @@ mod tests {
         assert_eq!(record.id, PipelineId::from_random(1));
         assert_eq!(record.created_at_ms, 100);
         assert_eq!(record.updated_at_ms, 200);
+    }
+
+    #[test]
+    fn a_name_that_is_not_a_dns_label_is_rejected_and_nothing_is_stored() {
+        let mut s = State::default();
+        let too_long = "a".repeat(flowctl_spec::MAX_NAME_LEN + 1);
+        for name in ["", "../etc", "a/b", "A", "-a", "a.b", too_long.as_str()] {
+            let (out, touched) = apply(&mut s, 1, &cmd(name, "{}", 1, 1));
+            assert!(
+                matches!(out, Outcome::Rejected(Rejection::Invalid(_))),
+                "{name:?}: {out:?}"
+            );
+            assert!(touched.is_empty(), "{name:?}");
+        }
+        assert_eq!(s, State::default());
     }
 
     #[test]

@@ -84,6 +84,7 @@ mod tests {
             spec_yaml: String::new(),
             canonical: canonical.into(),
             at_ms: 1,
+            if_generation: None,
         })
     }
 

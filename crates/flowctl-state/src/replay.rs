@@ -20,6 +20,9 @@ use std::collections::BTreeMap;
 
 /// Ledger ranges longer than this are refused (a million chunks of 64).
 pub const MAX_LEDGERS: u64 = 64_000_000;
+/// Jobs that would split into more chunks than this are refused: `create` builds every chunk
+/// in one apply, on every node, so the chunk count bounds the work of one log entry.
+pub const MAX_CHUNKS_PER_JOB: u32 = 1_000_000;
 /// Retry backoff of a retryable failure: `BASE << (failures - 1)`, capped.
 pub const RETRY_BACKOFF_BASE_MS: u64 = 500;
 pub const RETRY_BACKOFF_MAX_MS: u64 = 30_000;
@@ -121,16 +124,60 @@ pub struct Job {
     pub records: u64,
 }
 
+/// Checks a job's ledger range and chunk size, and returns how many chunks it splits into.
+/// The message of an error names the field at fault. The API checks a request with this
+/// before proposing it, and `create` checks the command again, since a command may come from
+/// anywhere that can propose.
+pub fn plan_chunks(from_ledger: u64, to_ledger: u64, chunk_size: u32) -> Result<u32, String> {
+    if from_ledger > to_ledger {
+        return Err(format!(
+            "from_ledger {from_ledger} is after to_ledger {to_ledger}"
+        ));
+    }
+    // No ledger sequence comes near u64::MAX; keeping it out means the ledger after a chunk's
+    // last one can always be named.
+    if to_ledger == u64::MAX {
+        return Err(format!("to_ledger must be below {}", u64::MAX));
+    }
+    // Cannot overflow: from_ledger <= to_ledger < u64::MAX.
+    let ledgers = to_ledger - from_ledger + 1;
+    if ledgers > MAX_LEDGERS {
+        return Err(format!(
+            "from_ledger {from_ledger} to to_ledger {to_ledger} spans {ledgers} ledgers, more \
+             than {MAX_LEDGERS}"
+        ));
+    }
+    if chunk_size == 0 {
+        return Err("chunk_size must be at least 1".into());
+    }
+    let chunks = ledgers.div_ceil(u64::from(chunk_size));
+    match u32::try_from(chunks) {
+        Ok(n) if n <= MAX_CHUNKS_PER_JOB => Ok(n),
+        _ => Err(format!(
+            "chunk_size {chunk_size} splits {ledgers} ledgers into {chunks} chunks, more than \
+             {MAX_CHUNKS_PER_JOB}"
+        )),
+    }
+}
+
 impl Job {
-    pub fn chunk_count(&self) -> u32 {
-        let ledgers = self.to_ledger - self.from_ledger + 1;
-        ledgers.div_ceil(u64::from(self.chunk_size)) as u32
+    /// The number of chunks, or why the job's range cannot be split (see [`plan_chunks`]).
+    pub fn chunk_count(&self) -> Result<u32, String> {
+        plan_chunks(self.from_ledger, self.to_ledger, self.chunk_size)
     }
 
-    pub fn chunk_range(&self, index: u32) -> (u64, u64) {
-        let from = self.from_ledger + u64::from(index) * u64::from(self.chunk_size);
-        let to = (from + u64::from(self.chunk_size) - 1).min(self.to_ledger);
-        (from, to)
+    /// The ledger ranges of the chunks, in index order. They cover `from_ledger..=to_ledger`
+    /// exactly; a chunk never ends past `to_ledger`, even when `to_ledger + chunk_size` would
+    /// not fit in a u64.
+    pub fn chunk_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let span = u64::from(self.chunk_size.max(1)) - 1;
+        let mut next = (self.from_ledger <= self.to_ledger).then_some(self.from_ledger);
+        std::iter::from_fn(move || {
+            let from = next?;
+            let to = from.saturating_add(span).min(self.to_ledger);
+            next = to.checked_add(1).filter(|n| *n <= self.to_ledger);
+            Some((from, to))
+        })
     }
 }
 
@@ -242,19 +289,18 @@ pub(crate) fn create(state: &mut State, c: &CreateReplay) -> (Outcome, Vec<Touch
             vec![],
         );
     }
-    if j.from_ledger > j.to_ledger || j.to_ledger - j.from_ledger >= MAX_LEDGERS {
-        return invalid(format!(
-            "ledger range {}..{} must be ascending and at most {MAX_LEDGERS} ledgers",
-            j.from_ledger, j.to_ledger
-        ));
-    }
-    if j.chunk_size == 0 || j.max_parallel == 0 || j.max_attempts == 0 {
-        return invalid("chunk size, max parallel and max attempts must be at least 1".into());
+    // Checked before anything is built: the chunk count bounds the work of this apply.
+    let count = match j.chunk_count() {
+        Ok(n) => n,
+        Err(m) => return invalid(m),
+    };
+    if j.max_parallel == 0 || j.max_attempts == 0 {
+        return invalid("max_parallel and max_attempts must be at least 1".into());
     }
     let mut touched = vec![Touched::ReplayJob(j.id.clone())];
-    let chunks: BTreeMap<u32, Chunk> = (0..j.chunk_count())
-        .map(|i| {
-            let (from, to) = j.chunk_range(i);
+    let chunks: BTreeMap<u32, Chunk> = (0..count)
+        .zip(j.chunk_ranges())
+        .map(|(i, (from, to))| {
             touched.push(Touched::ReplayChunk(j.id.clone(), i));
             (
                 i,
@@ -282,7 +328,7 @@ pub(crate) fn create(state: &mut State, c: &CreateReplay) -> (Outcome, Vec<Touch
     (
         Outcome::ReplayCreated {
             job: j.id.clone(),
-            chunks: j.chunk_count(),
+            chunks: count,
         },
         touched,
     )
@@ -307,8 +353,13 @@ pub(crate) fn assign(state: &mut State, c: &AssignChunks) -> (Outcome, Vec<Touch
         if ch.state != ChunkState::Planned || ch.not_before_ms > c.at_ms {
             continue;
         }
+        // The attempt number fences reports, so it must never wrap or repeat; a chunk that
+        // has used every number is not handed out again.
+        let Some(attempt) = ch.attempt.checked_add(1) else {
+            continue;
+        };
         ch.state = ChunkState::Assigned;
-        ch.attempt += 1;
+        ch.attempt = attempt;
         ch.instance = instance.clone();
         ch.updated_ms = c.at_ms;
         changed.push(*index);
@@ -357,17 +408,18 @@ pub(crate) fn report(state: &mut State, c: &ReportChunk) -> (Outcome, Vec<Touche
             ch.state = ChunkState::Done;
             ch.records = *records;
             ch.error.clear();
-            job.records += records;
+            // The count comes from the component's report: it may be anything.
+            job.records = job.records.saturating_add(*records);
         }
         ChunkProgress::Failed { error, retryable } => {
-            ch.failures += 1;
+            ch.failures = ch.failures.saturating_add(1);
             ch.error = error.clone();
             if *retryable && ch.failures < job.max_attempts {
                 ch.state = ChunkState::Planned;
                 let backoff = RETRY_BACKOFF_BASE_MS
                     .saturating_mul(1 << (ch.failures - 1).min(16))
                     .min(RETRY_BACKOFF_MAX_MS);
-                ch.not_before_ms = c.at_ms + backoff;
+                ch.not_before_ms = c.at_ms.saturating_add(backoff);
             } else {
                 ch.state = ChunkState::Failed;
             }
@@ -480,6 +532,7 @@ mod tests {
                 spec_yaml: "kind: Pipeline\n".into(),
                 canonical: "{}".into(),
                 at_ms: 1,
+                if_generation: None,
             }),
         );
         let (o, _) = apply(
@@ -657,5 +710,126 @@ mod tests {
         assert_eq!(chunks[&2].state, ChunkState::Planned);
         let (o, _) = apply(&mut s, 12, &ctl(ReplayAction::Resume));
         assert!(matches!(o, Outcome::Rejected(Rejection::Invalid(_))));
+    }
+
+    fn create_cmd(from_ledger: u64, to_ledger: u64, chunk_size: u32) -> Command {
+        Command::CreateReplay(CreateReplay {
+            job: Job {
+                id: "rj-2".into(),
+                pipeline: "p".into(),
+                source: "src".into(),
+                from_ledger,
+                to_ledger,
+                chunk_size,
+                max_parallel: 1,
+                max_attempts: 1,
+                state: JobState::Running,
+                created_ms: 1,
+                updated_ms: 1,
+                records: 0,
+            },
+        })
+    }
+
+    /// Applies `cmd` and checks that it was rejected as invalid and changed nothing.
+    fn assert_rejected_as_invalid(s: &mut State, cmd: &Command) {
+        let before = s.clone();
+        let (o, touched) = apply(s, 20, cmd);
+        assert!(
+            matches!(o, Outcome::Rejected(Rejection::Invalid(_))),
+            "{cmd:?}: {o:?}"
+        );
+        assert!(touched.is_empty(), "{cmd:?}: {touched:?}");
+        assert_eq!(*s, before, "{cmd:?}");
+    }
+
+    #[test]
+    fn a_job_of_more_than_max_chunks_is_rejected_before_any_chunk_is_built() {
+        let mut s = setup(3);
+        assert_rejected_as_invalid(&mut s, &create_cmd(1, MAX_LEDGERS, 1));
+        assert!(!s.replays.chunks.contains_key("rj-2"));
+    }
+
+    #[test]
+    fn the_chunk_cap_admits_the_longest_range_in_chunks_of_64() {
+        assert_eq!(plan_chunks(1, MAX_LEDGERS, 64), Ok(MAX_CHUNKS_PER_JOB));
+        assert!(plan_chunks(1, MAX_LEDGERS, 63).is_err());
+        assert!(plan_chunks(1, MAX_LEDGERS + 1, 64).is_err());
+    }
+
+    #[test]
+    fn ranges_that_would_overflow_are_rejected_without_panicking() {
+        let mut s = setup(3);
+        for cmd in [
+            create_cmd(10, 9, 64),
+            create_cmd(0, u64::MAX, 64),
+            create_cmd(100, u64::MAX, 1),
+            create_cmd(u64::MAX - 1, u64::MAX, 64),
+            create_cmd(u64::MAX, u64::MAX, u32::MAX),
+            create_cmd(100, 200, 0),
+        ] {
+            assert_rejected_as_invalid(&mut s, &cmd);
+        }
+    }
+
+    #[test]
+    fn chunks_near_the_top_of_the_ledger_space_end_at_to_ledger() {
+        let mut s = setup(3);
+        let (o, _) = apply(&mut s, 20, &create_cmd(u64::MAX - 100, u64::MAX - 1, 64));
+        assert_eq!(
+            o,
+            Outcome::ReplayCreated {
+                job: "rj-2".into(),
+                chunks: 2
+            }
+        );
+        let ranges: Vec<(u64, u64)> = s.replays.chunks["rj-2"]
+            .values()
+            .map(|c| (c.from_ledger, c.to_ledger))
+            .collect();
+        assert_eq!(
+            ranges,
+            [
+                (u64::MAX - 100, u64::MAX - 37),
+                (u64::MAX - 36, u64::MAX - 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn reported_records_saturate_instead_of_overflowing() {
+        let mut s = setup(3);
+        apply(&mut s, 3, &assign_cmd(0, "src-0", 5));
+        apply(&mut s, 4, &assign_cmd(1, "src-1", 5));
+        apply(
+            &mut s,
+            5,
+            &report_cmd(0, 1, "src-0", ChunkProgress::Done { records: 64 }),
+        );
+        let (o, _) = apply(
+            &mut s,
+            6,
+            &report_cmd(1, 1, "src-1", ChunkProgress::Done { records: u64::MAX }),
+        );
+        assert_eq!(o, Outcome::ChunkReport { accepted: true });
+        assert_eq!(s.replays.jobs["rj-1"].records, u64::MAX);
+        assert_eq!(s.replays.chunks["rj-1"][&1].records, u64::MAX);
+    }
+
+    #[test]
+    fn a_chunk_whose_attempt_numbers_are_used_up_is_not_assigned_again() {
+        let mut s = setup(3);
+        s.replays
+            .chunks
+            .get_mut("rj-1")
+            .unwrap()
+            .get_mut(&0)
+            .unwrap()
+            .attempt = u32::MAX;
+        let (o, touched) = apply(&mut s, 3, &assign_cmd(0, "src-0", 5));
+        assert_eq!(o, Outcome::ChunksChanged { changed: vec![] });
+        assert!(touched.is_empty());
+        let c = &s.replays.chunks["rj-1"][&0];
+        assert_eq!((c.state, c.attempt), (ChunkState::Planned, u32::MAX));
     }
 }

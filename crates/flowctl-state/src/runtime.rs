@@ -160,6 +160,7 @@ mod tests {
                 spec_yaml: "kind: Pipeline\n".into(),
                 canonical: "{}".into(),
                 at_ms: 1,
+                if_generation: None,
             }),
         );
         s

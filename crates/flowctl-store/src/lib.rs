@@ -31,7 +31,7 @@ mod sm_store;
 pub use log_store::LogStore;
 pub use sm_store::{AppliedState, StateMachineStore, StateReader};
 
-use openraft::{BasicNode, StorageError, StorageIOError};
+use openraft::{StorageError, StorageIOError};
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,7 +42,7 @@ openraft::declare_raft_types!(
         D = flowctl_state::Command,
         R = flowctl_state::Outcome,
         NodeId = u64,
-        Node = BasicNode,
+        Node = Member,
         SnapshotData = tokio::fs::File,
 );
 
@@ -50,8 +50,54 @@ pub type Raft = openraft::Raft<TypeConfig>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogId = openraft::LogId<u64>;
 pub type Vote = openraft::Vote<u64>;
-pub type SnapshotMeta = openraft::SnapshotMeta<u64, BasicNode>;
-pub type StoredMembership = openraft::StoredMembership<u64, BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<u64, Member>;
+pub type StoredMembership = openraft::StoredMembership<u64, Member>;
+
+/// A member's addresses, as the membership records them.
+///
+/// Serialized as openraft's `BasicNode` was (`{"addr": …}`) plus `peer_addr`, so logs and
+/// snapshots written before the peer port existed still decode: their members' peer address
+/// is then the default, the public port + 1.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    /// The public API address (`host:port`) that clients and components use.
+    pub addr: String,
+    /// The address other nodes reach this one at: Raft, forwarding, membership.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub peer_addr: String,
+}
+
+impl Member {
+    pub fn new(addr: impl Into<String>, peer_addr: impl Into<String>) -> Self {
+        Member {
+            addr: addr.into(),
+            peer_addr: peer_addr.into(),
+        }
+    }
+
+    /// Where other nodes reach this member.
+    pub fn peer(&self) -> String {
+        if self.peer_addr.is_empty() {
+            default_peer_addr(&self.addr).unwrap_or_else(|| self.addr.clone())
+        } else {
+            self.peer_addr.clone()
+        }
+    }
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (peer {})", self.addr, self.peer())
+    }
+}
+
+/// The default peer address of a node whose public address is `addr`: the same host, the
+/// next port. `None` if `addr` has no port or its port is the last one.
+pub fn default_peer_addr(addr: &str) -> Option<String> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    Some(format!("{host}:{}", port.checked_add(1)?))
+}
 
 const CF_LOG: &str = "log";
 const CF_RAFT: &str = "raft";
@@ -131,4 +177,34 @@ where
 fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     db.cf_handle(name)
         .expect("column families are created when the store is opened")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_written_before_the_peer_port_decode_with_the_default_peer_address() {
+        // openraft's BasicNode, as logs and snapshots before the peer port recorded members.
+        let old: Member = serde_json::from_str(r#"{"addr":"10.0.0.1:8080"}"#).unwrap();
+        assert_eq!(old, Member::new("10.0.0.1:8080", ""));
+        assert_eq!(old.peer(), "10.0.0.1:8081");
+        // An empty peer address is not written, so such a member's bytes stay as they were.
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"addr":"10.0.0.1:8080"}"#
+        );
+        let new = Member::new("10.0.0.1:8080", "10.0.0.1:9000");
+        let json = serde_json::to_string(&new).unwrap();
+        assert_eq!(
+            json,
+            r#"{"addr":"10.0.0.1:8080","peer_addr":"10.0.0.1:9000"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Member>(&json).unwrap().peer(),
+            "10.0.0.1:9000"
+        );
+        assert_eq!(default_peer_addr("h:65535"), None);
+        assert_eq!(default_peer_addr("nohost"), None);
+    }
 }

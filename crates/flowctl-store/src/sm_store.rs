@@ -30,6 +30,43 @@ const DLQ_OFFSET_PREFIX: &str = "O/";
 const SUBJECT_PREFIX: &str = "S/";
 const SCHEMA_PREFIX: &str = "I/";
 const SCHEMA_META_KEY: &str = "M/schema-registry";
+const TOKEN_PREFIX: &str = "T/";
+const AUTH_META_KEY: &str = "M/auth";
+const AUDIT_PREFIX: &str = "U/";
+const AUDIT_META_KEY: &str = "M/audit";
+const REQUEST_PREFIX: &str = "q/";
+
+/// What [`AUTH_META_KEY`] holds: the part of [`flowctl_state::auth::AuthState`] that is not a
+/// token. The tokens are records of their own, so that creating one writes one record.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct AuthMeta {
+    enabled: bool,
+    revision: u64,
+}
+
+impl AuthMeta {
+    fn of(auth: &flowctl_state::auth::AuthState) -> Self {
+        AuthMeta {
+            enabled: auth.enabled,
+            revision: auth.revision,
+        }
+    }
+}
+
+/// What [`AUDIT_META_KEY`] holds: the part of [`flowctl_state::audit::AuditLog`] that is not a
+/// record. The records are records of their own, so that appending one writes one record.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct AuditMeta {
+    next_seq: u64,
+}
+
+impl AuditMeta {
+    fn of(audit: &flowctl_state::audit::AuditLog) -> Self {
+        AuditMeta {
+            next_seq: audit.next_seq,
+        }
+    }
+}
 
 /// What has been applied, as openraft sees it.
 #[derive(Debug, Clone, Default)]
@@ -121,6 +158,19 @@ fn schema_key(id: u64) -> Vec<u8> {
     format!("{SCHEMA_PREFIX}{id:020}").into_bytes()
 }
 
+fn token_key(name: &str) -> Vec<u8> {
+    format!("{TOKEN_PREFIX}{name}").into_bytes()
+}
+
+fn audit_key(seq: u64) -> Vec<u8> {
+    // Zero-padded so that keys sort by sequence number.
+    format!("{AUDIT_PREFIX}{seq:020}").into_bytes()
+}
+
+fn request_key(id: &flowctl_state::requests::RequestId) -> Vec<u8> {
+    format!("{REQUEST_PREFIX}{}", id.0).into_bytes()
+}
+
 fn runtime_key(pipeline: &str) -> Vec<u8> {
     format!("{RUNTIME_PREFIX}{pipeline}").into_bytes()
 }
@@ -184,6 +234,24 @@ impl StateMachineStore {
             } else if key == SCHEMA_META_KEY {
                 inner.state.schemas.meta =
                     codec::decode("schema registry meta", &v).map_err(sm_read)?;
+            } else if let Some(name) = key.strip_prefix(TOKEN_PREFIX) {
+                let t = codec::decode("auth token", &v).map_err(sm_read)?;
+                inner.state.auth.tokens.insert(name.to_owned(), t);
+            } else if key == AUTH_META_KEY {
+                let m: AuthMeta = codec::decode("auth meta", &v).map_err(sm_read)?;
+                inner.state.auth.enabled = m.enabled;
+                inner.state.auth.revision = m.revision;
+            } else if key.starts_with(AUDIT_PREFIX) {
+                let rec: flowctl_state::audit::AuditRecord =
+                    codec::decode("audit record", &v).map_err(sm_read)?;
+                inner.state.audit.records.insert(rec.seq, rec);
+            } else if key == AUDIT_META_KEY {
+                let m: AuditMeta = codec::decode("audit meta", &v).map_err(sm_read)?;
+                inner.state.audit.next_seq = m.next_seq;
+            } else if key.starts_with(REQUEST_PREFIX) {
+                let r: flowctl_state::requests::Remembered =
+                    codec::decode("remembered request", &v).map_err(sm_read)?;
+                inner.state.requests.insert_loaded(r);
             } else if let Some(name) = key.strip_prefix(RUNTIME_PREFIX) {
                 let r = codec::decode("pipeline runtime", &v).map_err(sm_read)?;
                 inner.state.runtime.insert(name.to_owned(), r);
@@ -231,14 +299,21 @@ impl StateMachineStore {
     }
 }
 
-/// Writes `bytes` as the snapshot file for `meta`, records it as current, and removes older
-/// snapshot files. Runs on a blocking thread.
+/// Serialises snapshot writes of this process: a build and an install may finish together.
+static PERSIST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Writes `bytes` as the snapshot file for `meta` and, unless a newer snapshot is recorded
+/// already (a slow build that an install overtook), records it as current and removes older
+/// snapshot files; `force` records it in any case (an install: the state is now this one).
+/// Returns the file and whether it was recorded. Runs on a blocking thread.
 fn persist_snapshot(
     db: &DB,
     snap_dir: &Path,
     meta: &SnapshotMeta,
     bytes: &[u8],
-) -> Result<PathBuf, StorageError<u64>> {
+    force: bool,
+) -> Result<(PathBuf, bool), StorageError<u64>> {
+    let _one_at_a_time = PERSIST.lock().unwrap_or_else(|p| p.into_inner());
     let name = format!("{}.snap", meta.snapshot_id);
     let tmp = snap_dir.join(format!("{name}.tmp"));
     let path = snap_dir.join(&name);
@@ -248,6 +323,18 @@ fn persist_snapshot(
         f.sync_all().map_err(snap_write)?;
     }
     std::fs::rename(&tmp, &path).map_err(snap_write)?;
+    // The rename is durable only once the directory is.
+    std::fs::File::open(snap_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(snap_write)?;
+    if !force {
+        if let Some(cur) = StateMachineStore::current_snapshot_record(db)? {
+            if cur.meta.last_log_id > meta.last_log_id {
+                metrics::counter!("flowctl_store_snapshots_superseded_total").increment(1);
+                return Ok((path, false));
+            }
+        }
+    }
     let record = StoredSnapshot {
         meta: meta.clone(),
         file: name.clone(),
@@ -266,7 +353,7 @@ fn persist_snapshot(
             }
         }
     }
-    Ok(path)
+    Ok((path, true))
 }
 
 async fn open_snapshot_file(path: &Path) -> Result<tokio::fs::File, StorageError<u64>> {
@@ -383,6 +470,34 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         codec::encode("schema registry meta", &g.state.schemas.meta)
                             .map_err(sm_write)?,
                     ),
+                    Touched::Token(name) => match g.state.auth.tokens.get(&name) {
+                        Some(x) => batch.put_cf(
+                            sm,
+                            token_key(&name),
+                            codec::encode("auth token", x).map_err(sm_write)?,
+                        ),
+                        None => batch.delete_cf(sm, token_key(&name)),
+                    },
+                    Touched::AuthMeta => batch.put_cf(
+                        sm,
+                        AUTH_META_KEY.as_bytes(),
+                        codec::encode("auth meta", &AuthMeta::of(&g.state.auth))
+                            .map_err(sm_write)?,
+                    ),
+                    Touched::AuditRecord(seq) => match g.state.audit.records.get(&seq) {
+                        Some(x) => batch.put_cf(
+                            sm,
+                            audit_key(seq),
+                            codec::encode("audit record", x).map_err(sm_write)?,
+                        ),
+                        None => batch.delete_cf(sm, audit_key(seq)),
+                    },
+                    Touched::AuditMeta => batch.put_cf(
+                        sm,
+                        AUDIT_META_KEY.as_bytes(),
+                        codec::encode("audit meta", &AuditMeta::of(&g.state.audit))
+                            .map_err(sm_write)?,
+                    ),
                     Touched::Runtime(name) => match g.state.runtime.get(&name) {
                         Some(r) => batch.put_cf(
                             sm,
@@ -398,6 +513,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             codec::encode("component record", rec).map_err(sm_write)?,
                         ),
                         None => batch.delete_cf(sm, component_key(&id)),
+                    },
+                    Touched::Request(id) => match g.state.requests.by_id.get(&id) {
+                        Some(r) => batch.put_cf(
+                            sm,
+                            request_key(&id),
+                            codec::encode("remembered request", r).map_err(sm_write)?,
+                        ),
+                        None => batch.delete_cf(sm, request_key(&id)),
                     },
                     Touched::RemovedNode(id) => batch.put_cf(
                         sm,
@@ -483,7 +606,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let state2 = state.clone();
         let applied2 = applied.clone();
         blocking(move || {
-            persist_snapshot(&db, &snap_dir, &meta, &bytes)?;
+            persist_snapshot(&db, &snap_dir, &meta, &bytes, true)?;
             let sm = cf(&db, CF_SM);
             let mut batch = WriteBatch::default();
             batch.delete_range_cf(sm, b"".as_slice(), b"\xff\xff\xff\xff".as_slice());
@@ -550,6 +673,30 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 SCHEMA_META_KEY.as_bytes(),
                 codec::encode("schema registry meta", &state2.schemas.meta).map_err(sm_write)?,
             );
+            for (name, x) in &state2.auth.tokens {
+                batch.put_cf(
+                    sm,
+                    token_key(name),
+                    codec::encode("auth token", x).map_err(sm_write)?,
+                );
+            }
+            batch.put_cf(
+                sm,
+                AUTH_META_KEY.as_bytes(),
+                codec::encode("auth meta", &AuthMeta::of(&state2.auth)).map_err(sm_write)?,
+            );
+            for (seq, x) in &state2.audit.records {
+                batch.put_cf(
+                    sm,
+                    audit_key(*seq),
+                    codec::encode("audit record", x).map_err(sm_write)?,
+                );
+            }
+            batch.put_cf(
+                sm,
+                AUDIT_META_KEY.as_bytes(),
+                codec::encode("audit meta", &AuditMeta::of(&state2.audit)).map_err(sm_write)?,
+            );
             for (name, r) in &state2.runtime {
                 batch.put_cf(
                     sm,
@@ -562,6 +709,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     sm,
                     component_key(id),
                     codec::encode("component record", rec).map_err(sm_write)?,
+                );
+            }
+            for (id, r) in &state2.requests.by_id {
+                batch.put_cf(
+                    sm,
+                    request_key(id),
+                    codec::encode("remembered request", r).map_err(sm_write)?,
                 );
             }
             for id in &state2.removed_nodes {
@@ -644,11 +798,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // without fsync must be durable first.
             db.flush_wal(true).map_err(snap_write)?;
             metrics::gauge!("flowctl_store_snapshot_size_bytes").set(bytes.len() as f64);
-            persist_snapshot(&db, &snap_dir, &meta2, &bytes)
+            persist_snapshot(&db, &snap_dir, &meta2, &bytes, false)
         })
         .await?;
         metrics::counter!("flowctl_store_snapshots_built_total").increment(1);
+        let (path, recorded) = path;
         let f = open_snapshot_file(&path).await?;
+        if !recorded {
+            // A newer snapshot is current; this older one lives on only as the open file.
+            let _ = std::fs::remove_file(&path);
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(f),

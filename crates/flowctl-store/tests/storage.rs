@@ -37,8 +37,31 @@ fn normal(term: u64, index: u64, name: &str, canonical: &str) -> Entry<TypeConfi
             spec_yaml: format!("name: {name}\n"),
             canonical: canonical.into(),
             at_ms: index * 1000,
+            if_generation: None,
         })),
     }
+}
+
+/// Builds a snapshot of `sm` and reads it whole.
+async fn snapshot_bytes(sm: &mut StateMachineStore) -> (flowctl_store::SnapshotMeta, Vec<u8>) {
+    let mut snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    snap.snapshot.read_to_end(&mut bytes).await.unwrap();
+    (snap.meta, bytes)
+}
+
+/// Installs a snapshot's bytes into `dst`, as a follower receives it.
+async fn install(dst: &mut StateMachineStore, meta: &flowctl_store::SnapshotMeta, bytes: &[u8]) {
+    let mut incoming = dst.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *incoming, bytes)
+        .await
+        .unwrap();
+    dst.install_snapshot(meta, incoming).await.unwrap();
 }
 
 #[tokio::test]
@@ -181,11 +204,14 @@ fn log_entry_encoding_golden_bytes() {
     assert_eq!(back.log_id, e.log_id);
 }
 
-/// Every kind of replicated record (runtime reports, schemas, DLQ entries and offsets) is
+/// Every kind of replicated record (runtime reports, schemas, DLQ entries and offsets, replay
+/// jobs and chunks, authentication tokens and the auth flag, audit records and their sequence) is
 /// persisted under its own key: a reopened store and a store installed from a snapshot both
 /// hold exactly the applied state.
 #[tokio::test]
 async fn every_record_kind_survives_reopen_and_snapshot_install() {
+    use flowctl_state::audit::{AuditEntry, RecordAudit};
+    use flowctl_state::auth::{CreateToken, RevokeToken, Role, SetAuth, TokenRecord};
     use flowctl_state::dlq::{entry_id, DlqEntry, DlqState, IndexDlq, KafkaPos, SetDlqState};
     use flowctl_state::runtime::{
         InstanceState, InstanceStatus, PipelineReport, ReportRuntime, RuntimeEvent,
@@ -218,6 +244,31 @@ async fn every_record_kind_survives_reopen_and_snapshot_install() {
         attempts: 1,
         state: DlqState::Pending,
         updated_ms: 1,
+    };
+    let token = |name: &str, role: Role, hash_digit: char| {
+        Command::CreateToken(CreateToken {
+            token: TokenRecord {
+                name: name.into(),
+                role,
+                hash: hash_digit.to_string().repeat(64),
+                created_ms: 9,
+                expires_ms: (role == Role::Agent).then_some(99),
+            },
+        })
+    };
+    let audit = |from: u64, to: u64, keep: u32| {
+        Command::RecordAudit(RecordAudit {
+            entries: (from..to)
+                .map(|n| AuditEntry {
+                    at_ms: n,
+                    who: format!("user{n}"),
+                    method: "/flowctl.admin.v1.Admin/ApplyPipeline".into(),
+                    node: NodeId(1),
+                    resource: String::new(),
+                })
+                .collect(),
+            keep,
+        })
     };
     let cmds = vec![
         normal(1, 1, "p1", "{}"),
@@ -321,6 +372,30 @@ async fn every_record_kind_survives_reopen_and_snapshot_install() {
                 at_ms: 8,
             }),
         ),
+        entry(9, Command::SetAuth(SetAuth { enabled: true })),
+        entry(10, token("admin", Role::Admin, 'a')),
+        entry(11, token("ci", Role::Agent, 'b')),
+        entry(12, token("gone", Role::Reader, 'c')),
+        // A revoked token's record is deleted, not left behind for a reopen to find.
+        entry(
+            13,
+            Command::RevokeToken(RevokeToken {
+                name: "gone".into(),
+            }),
+        ),
+        entry(14, audit(0, 3, 10)),
+        // Trimmed records are deleted, not left behind for a reopen to find.
+        entry(15, audit(3, 5, 3)),
+        // A remembered request: a retry after a reopen or an install answers the same.
+        entry(
+            16,
+            Command::Once(flowctl_state::requests::Once {
+                request_id: flowctl_state::requests::RequestId("admin/r-1/0".into()),
+                command: Box::new(Command::DeletePipeline(
+                    flowctl_state::pipelines::DeletePipeline { name: "p9".into() },
+                )),
+            }),
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     let expected = {
@@ -333,26 +408,60 @@ async fn every_record_kind_survives_reopen_and_snapshot_install() {
     assert_eq!(expected.dlq.entries.len(), 2);
     assert_eq!(expected.replays.chunks["rj-1"].len(), 4);
     assert_eq!(expected.replays.chunks["rj-1"][&1].attempt, 1);
+    assert!(expected.auth.enabled);
+    assert_eq!(expected.auth.revision, 13);
+    assert_eq!(
+        expected.auth.tokens.keys().collect::<Vec<_>>(),
+        ["admin", "ci"]
+    );
+    assert_eq!(expected.auth.tokens["ci"].expires_ms, Some(99));
+    assert_eq!(
+        expected.audit.records.keys().copied().collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+    assert_eq!(expected.audit.records[&4].entry.who, "user4");
+    assert_eq!(expected.audit.next_seq, 5);
+    assert_eq!(expected.requests.by_id.len(), 1);
     let (_log, mut sm) = open(dir.path(), StoreOptions::default()).unwrap();
     assert_eq!(sm.reader().read(|s, _| s.clone()), expected);
 
-    let mut snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    let mut bytes = Vec::new();
-    snap.snapshot.read_to_end(&mut bytes).await.unwrap();
+    let (meta, bytes) = snapshot_bytes(&mut sm).await;
     let dst_dir = tempfile::tempdir().unwrap();
     {
         let (_l, mut dst) = open(dst_dir.path(), StoreOptions::default()).unwrap();
-        let mut incoming = dst.begin_receiving_snapshot().await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut *incoming, &bytes)
-            .await
-            .unwrap();
-        dst.install_snapshot(&snap.meta, incoming).await.unwrap();
+        install(&mut dst, &meta, &bytes).await;
     }
     let (_l, dst) = open(dst_dir.path(), StoreOptions::default()).unwrap();
     assert_eq!(dst.reader().read(|s, _| s.clone()), expected);
+}
+
+#[tokio::test]
+async fn a_slow_older_snapshot_build_does_not_replace_a_newer_installed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open(dir.path(), StoreOptions::default()).unwrap();
+    sm.apply(vec![normal(1, 1, "old", "1")]).await.unwrap();
+    // A build starts from the state at index 1...
+    let mut slow = sm.get_snapshot_builder().await;
+    // ...while a newer snapshot (index 50, from another store) is installed.
+    let src_dir = tempfile::tempdir().unwrap();
+    let (_l, mut src) = open(src_dir.path(), StoreOptions::default()).unwrap();
+    let entries: Vec<_> = (1..=50)
+        .map(|i| normal(2, i, "new", &format!("{i}")))
+        .collect();
+    src.apply(entries).await.unwrap();
+    let (meta, bytes) = snapshot_bytes(&mut src).await;
+    install(&mut sm, &meta, &bytes).await;
+    // The slow build finishes last: its snapshot is readable, but the newer one stays current.
+    let mut older = slow.build_snapshot().await.unwrap();
+    assert_eq!(older.meta.last_log_id.unwrap().index, 1);
+    let mut old_bytes = Vec::new();
+    older.snapshot.read_to_end(&mut old_bytes).await.unwrap();
+    assert!(!old_bytes.is_empty());
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, meta);
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, [format!("{}.snap", meta.snapshot_id)]);
 }

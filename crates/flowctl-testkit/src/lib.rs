@@ -4,6 +4,12 @@
 //! It is not a mock: every node is the real binary, talking real gRPC over TCP and writing a
 //! real RocksDB. Tests drive it through the CLI (`Cluster::flowctl`) or `flowctl-client`.
 
+pub mod linearizability;
+pub mod proxy;
+
+/// Signals for [`Node::signal`].
+pub use rustix::process::Signal;
+
 use anyhow::{bail, Context};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -60,11 +66,42 @@ pub fn free_port() -> u16 {
 #[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
     pub extra_args: Vec<String>,
+    /// Authentication on (`--auth` on the first node, its peer secret given to the others);
+    /// the CLI calls of [`Cluster::flowctl`] then carry the admin token.
+    pub secure: bool,
+    /// TLS everywhere: `flowctl_tls::generate` writes a CA and node certificates under
+    /// [`Cluster::certs_dir`]; every node serves its public port over TLS (trusting the CA
+    /// for client certificates) and its peer port with mTLS; the CLI calls of
+    /// [`Cluster::flowctl`] trust the CA (`FLOWCTL_CACERT`).
+    pub tls: bool,
+    /// Per node (by index; missing entries take the defaults).
+    pub nodes: Vec<NodeOptions>,
+}
+
+/// How one node of a cluster listens and runs.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// The loopback address it listens on (default 127.0.0.1); its calls to other nodes leave
+    /// from it too.
+    pub ip: Option<String>,
+    /// The real peer listener's port (default: a free one).
+    pub peer_port: Option<u16>,
+    /// The peer address the others use, when it is not the listener (a fault proxy).
+    pub peer_advertise: Option<String>,
+    /// Extra environment (libfaketime, say).
+    pub env: Vec<(String, String)>,
+    /// The data dir (default: one in the cluster's temp dir), e.g. on a small tmpfs.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// One node of a test cluster.
 pub struct Node {
+    /// The public API address.
     pub addr: String,
+    /// The peer address the other nodes use (node-to-node RPCs; the advertised one).
+    pub peer_addr: String,
+    /// Where the node's peer port listens (the same as `peer_addr` unless proxied).
+    pub peer_listen: String,
     pub metrics_addr: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
@@ -82,6 +119,15 @@ impl Node {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `sig` to the node's process; an error if it is not running.
+    pub fn signal(&self, sig: rustix::process::Signal) -> anyhow::Result<()> {
+        let pid = self
+            .pid()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+            .context("the node is not running")?;
+        rustix::process::kill_process(pid, sig).with_context(|| format!("signal to {pid:?}"))
     }
 }
 
@@ -108,18 +154,41 @@ impl Cluster {
             opts,
             _dir: dir,
         };
+        if c.opts.tls {
+            let certs = c.certs_dir();
+            flowctl_tls::generate(&certs, &["127.0.0.1".to_owned()], n.max(1))?;
+            // The peer port gets copies, so that a test can swap the public certificate
+            // alone.
+            for i in 1..=n {
+                for ext in ["crt", "key"] {
+                    std::fs::copy(
+                        certs.join(format!("node-{i}.{ext}")),
+                        certs.join(format!("peer-{i}.{ext}")),
+                    )?;
+                }
+            }
+        }
         for i in 0..n {
+            let o = c.opts.nodes.get(i).cloned().unwrap_or_default();
+            let ip = o.ip.unwrap_or_else(|| "127.0.0.1".into());
             let port = free_port();
+            let pport = o.peer_port.unwrap_or_else(free_port);
             let mport = free_port();
-            let data_dir = c._dir.path().join(format!("node{i}"));
+            let data_dir = o
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| c._dir.path().join(format!("node{i}")));
             let join = if i == 0 {
                 vec![]
             } else {
-                vec![c.nodes[0].addr.clone()]
+                vec![c.nodes[0].peer_addr.clone()]
             };
+            let peer_listen = format!("{ip}:{pport}");
             c.nodes.push(Node {
-                addr: format!("127.0.0.1:{port}"),
-                metrics_addr: format!("127.0.0.1:{mport}"),
+                addr: format!("{ip}:{port}"),
+                peer_addr: o.peer_advertise.unwrap_or_else(|| peer_listen.clone()),
+                peer_listen,
+                metrics_addr: format!("{ip}:{mport}"),
                 log_path: c._dir.path().join(format!("node{i}.log")),
                 data_dir,
                 child: None,
@@ -138,6 +207,13 @@ impl Cluster {
         self._dir.path()
     }
 
+    /// Where a TLS cluster's certificates are: `ca.crt`, `node-N.crt`/`.key` (node `i` is
+    /// N = i + 1; its public port's files), `peer-N.crt`/`.key` (its peer port's), and
+    /// `admin.crt`/`.key` (a client certificate naming the admin role).
+    pub fn certs_dir(&self) -> PathBuf {
+        self._dir.path().join("certs")
+    }
+
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let node = &self.nodes[i];
         let log = std::fs::OpenOptions::new()
@@ -148,6 +224,10 @@ impl Cluster {
         cmd.arg("server")
             .arg("--listen")
             .arg(&node.addr)
+            .arg("--peer-listen")
+            .arg(&node.peer_listen)
+            .arg("--peer-advertise")
+            .arg(&node.peer_addr)
             .arg("--metrics-port")
             .arg(node.metrics_addr.rsplit(':').next().unwrap_or("0"))
             .arg("--data-dir")
@@ -155,7 +235,36 @@ impl Cluster {
         if !node.join.is_empty() {
             cmd.arg("--join").arg(node.join.join(","));
         }
-        cmd.args(&self.opts.extra_args)
+        if self.opts.tls {
+            let certs = self.certs_dir();
+            let n = i + 1;
+            cmd.arg("--cert-file")
+                .arg(certs.join(format!("node-{n}.crt")))
+                .arg("--key-file")
+                .arg(certs.join(format!("node-{n}.key")))
+                .arg("--trusted-ca-file")
+                .arg(certs.join("ca.crt"))
+                .arg("--peer-cert-file")
+                .arg(certs.join(format!("peer-{n}.crt")))
+                .arg("--peer-key-file")
+                .arg(certs.join(format!("peer-{n}.key")))
+                .arg("--peer-trusted-ca-file")
+                .arg(certs.join("ca.crt"));
+        }
+        if self.opts.secure {
+            if i == 0 {
+                cmd.arg("--auth");
+            } else {
+                cmd.arg("--peer-token-file").arg(self.peer_token_file());
+            }
+        }
+        // No broker unless the test names one in `extra_args` (a later `--kafka-brokers`
+        // adds to this empty one): nothing reaches for the default localhost:9092.
+        if let Some(o) = self.opts.nodes.get(i) {
+            cmd.envs(o.env.iter().map(|(k, v)| (k, v)));
+        }
+        cmd.arg("--kafka-brokers=")
+            .args(&self.opts.extra_args)
             .env("FLOWCTL_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -190,13 +299,9 @@ impl Cluster {
             return Ok(None);
         };
         // `kill -TERM` keeps this crate free of unsafe code.
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status()?;
-        if !sent.success() {
-            bail!("kill -TERM {} failed", c.id());
-        }
+        let pid = rustix::process::Pid::from_raw(c.id() as i32).context("a child's pid")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .with_context(|| format!("SIGTERM to {}", c.id()))?;
         let until = Instant::now() + timeout;
         loop {
             if let Some(st) = c.try_wait()? {
@@ -212,6 +317,26 @@ impl Cluster {
     }
 
     /// Restarts a stopped node on its data dir (with its original flags).
+    /// Replaces node `i` by a new member at the same addresses (membership churn): stops it,
+    /// empties its data dir (a new node id), and starts it joining through node `via`.
+    pub fn replace_fresh(&mut self, i: usize, via: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        let dir = self.nodes[i].data_dir.clone();
+        if dir.exists() {
+            // The directory stays: it may be a mount point.
+            for e in std::fs::read_dir(&dir)? {
+                let p = e?.path();
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p)?;
+                } else {
+                    std::fs::remove_file(&p)?;
+                }
+            }
+        }
+        self.nodes[i].join = vec![self.nodes[via].peer_addr.clone()];
+        self.spawn(i)
+    }
+
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         if self.nodes[i].is_running() {
             bail!("node {i} is still running");
@@ -219,13 +344,60 @@ impl Cluster {
         self.spawn(i)
     }
 
-    /// Runs the CLI against the given endpoints.
+    /// The first node's peer secret file (secure clusters).
+    pub fn peer_token_file(&self) -> PathBuf {
+        self.nodes[0].data_dir.join("peer.token")
+    }
+
+    /// The bootstrap admin token's file (secure clusters).
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.nodes[0].data_dir.join("admin.token")
+    }
+
+    /// Runs the CLI against the given endpoints (with the admin token in a secure cluster).
     pub fn flowctl_at(&self, endpoints: &str, args: &[&str]) -> anyhow::Result<Output> {
-        Ok(Command::new(&self.bin)
-            .args(args)
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
             .env("FLOWCTL_ENDPOINTS", endpoints)
-            .stdin(Stdio::null())
-            .output()?)
+            .env_remove("FLOWCTL_TOKEN")
+            .env_remove("FLOWCTL_TOKEN_FILE")
+            .stdin(Stdio::null());
+        if self.opts.secure {
+            cmd.env("FLOWCTL_TOKEN_FILE", self.admin_token_file());
+        }
+        self.tls_env(&mut cmd);
+        Ok(cmd.output()?)
+    }
+
+    /// Runs the CLI against node `i` with no credentials, or with `token`.
+    pub fn flowctl_as(
+        &self,
+        i: usize,
+        token: Option<&str>,
+        args: &[&str],
+    ) -> anyhow::Result<Output> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env("FLOWCTL_ENDPOINTS", &self.nodes[i].addr)
+            .env_remove("FLOWCTL_TOKEN")
+            .env_remove("FLOWCTL_TOKEN_FILE")
+            .stdin(Stdio::null());
+        if let Some(t) = token {
+            cmd.env("FLOWCTL_TOKEN", t);
+        }
+        self.tls_env(&mut cmd);
+        Ok(cmd.output()?)
+    }
+
+    /// A CLI command trusts the cluster's CA (TLS clusters), and nothing from the caller's
+    /// environment.
+    fn tls_env(&self, cmd: &mut Command) {
+        cmd.env_remove("FLOWCTL_CACERT")
+            .env_remove("FLOWCTL_CERT")
+            .env_remove("FLOWCTL_KEY");
+        if self.opts.tls {
+            cmd.env("FLOWCTL_CACERT", self.certs_dir().join("ca.crt"));
+        }
     }
 
     /// Runs the CLI against node `i`.
@@ -275,7 +447,14 @@ impl Cluster {
                 return false;
             };
             let leader = v["leader_id"].as_u64().unwrap_or(0);
-            members.len() == n
+            // Every node serving knows the cluster's id: a node that has joined but not yet
+            // learned it cannot forward writes (the peer guard refuses them).
+            (0..self.nodes.len()).all(|i| {
+                self.nodes[i].child.is_none()
+                    || self
+                        .json(i, &["cluster", "status", "--timeout", "3"])
+                        .is_ok_and(|s| s["cluster_id"].as_str().is_some_and(|c| !c.is_empty()))
+            }) && members.len() == n
                 && leader != 0
                 && members
                     .iter()

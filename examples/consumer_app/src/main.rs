@@ -6,11 +6,7 @@ use flowctl_agent::{Agent, AgentConfig, CancellationToken, HealthStatus};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    flowctl_agent::init_tracing();
     let agent_config = AgentConfig::from_env().context("while reading the flowctl environment")?;
     let config = ConsumerConfig::from_vars(|k| std::env::var(k).ok())?;
     let cancel = CancellationToken::new();

@@ -22,11 +22,7 @@ fn description() -> ComponentDescription {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    flowctl_agent::init_tracing();
     let config = AgentConfig::from_env().context("while reading the flowctl environment")?;
     run(config, flowctl_agent::shutdown_signal()).await
 }
