@@ -732,3 +732,104 @@ fn programs_outside_allowed_commands_fail_to_start_and_delete_stops_grandchildre
     wait_until(Duration::from_secs(20), || instances(name).is_empty())
         .unwrap_or_else(|e| panic!("left running: {:?}: {e}", instances(name)));
 }
+
+/// Fencing: a node cut off from the others stops its instances once it has reached no quorum
+/// for the node grace, and the leader moves them only after that, so at no moment do two
+/// copies of an instance run. After the cut heals, the node does not start them again.
+#[test]
+fn a_node_cut_off_stops_its_instances_before_they_run_elsewhere() {
+    use flowctl_testkit::proxy::Network;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _rt = rt.enter();
+    let net = Network::loopback(3);
+    let (c, _proxies) =
+        Cluster::start_proxied(3, &rt, &net, &["--node-grace", "3"], |_, _| {}).unwrap();
+    let name = "fenced";
+    let file = c.dir().join("fenced.yaml");
+    std::fs::write(&file, pipeline_doc(name, "x")).unwrap();
+    apply(&c, 0, &["--allow-unregistered-types"], &file);
+    let node_of = |ppid: u32| c.nodes.iter().position(|n| n.pid() == Some(ppid));
+    let component = |p: &Proc| {
+        p.env
+            .get("FLOWCTL_COMPONENT_ID")
+            .cloned()
+            .unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(30), || {
+        let procs = instances(name);
+        procs.len() == 3 && procs.iter().all(|p| node_of(p.ppid).is_some())
+    })
+    .unwrap_or_else(|e| panic!("the pipeline did not start: {e}: {:?}", instances(name)));
+    // The victim: a follower that runs an instance.
+    let v = c.json(0, &["cluster", "status"]).unwrap();
+    let leader = c.index_of(&v, v["leader_id"].as_u64().unwrap()).unwrap();
+    let procs = instances(name);
+    let moved = procs
+        .iter()
+        .find(|p| node_of(p.ppid).is_some_and(|n| n != leader))
+        .cloned()
+        .expect("no follower runs an instance");
+    let victim = node_of(moved.ppid).unwrap();
+    let id = component(&moved);
+    let others: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+    net.partition(&[&[victim], &others]);
+    // Sample every copy of the component until it runs elsewhere, and a while longer.
+    let cut = std::time::Instant::now();
+    let mut stopped_after = None;
+    let mut elsewhere_after = None;
+    while cut.elapsed() < Duration::from_secs(45) {
+        let copies: Vec<Proc> = instances(name)
+            .into_iter()
+            .filter(|p| component(p) == id)
+            .collect();
+        assert!(
+            copies.len() <= 1,
+            "two copies of {id} run {:?} after the cut: {copies:?}",
+            cut.elapsed()
+        );
+        if stopped_after.is_none() && !copies.iter().any(|p| p.pid == moved.pid) {
+            stopped_after = Some(cut.elapsed());
+        }
+        if copies
+            .iter()
+            .any(|p| node_of(p.ppid).is_some_and(|n| n != victim))
+        {
+            elsewhere_after.get_or_insert(cut.elapsed());
+            if cut.elapsed() > elsewhere_after.unwrap() + Duration::from_secs(3) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped_after = stopped_after.expect("the cut-off node kept its instance");
+    let elsewhere_after = elsewhere_after.expect("the instance never ran on another node");
+    assert!(stopped_after < elsewhere_after);
+    assert!(
+        net.stats(others[0], victim).dropped_bytes > 0,
+        "the cut blocked nothing"
+    );
+    let log = std::fs::read_to_string(&c.nodes[victim].log_path).unwrap();
+    assert!(log.contains("fenced"), "the node did not say it was fenced");
+    // Healed, the node catches up with the new placement and starts nothing again.
+    net.heal();
+    c.wait_for_voters(3, Duration::from_secs(60)).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let procs = instances(name);
+    assert_eq!(procs.len(), 3, "{procs:?}");
+    assert_eq!(
+        procs.iter().filter(|p| component(p) == id).count(),
+        1,
+        "{procs:?}"
+    );
+    let events = c.json(leader, &["describe", "pipeline", name]).unwrap()["events"].clone();
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "Stopped"
+                && e["message"].as_str().unwrap_or("").starts_with("fenced")),
+        "no fenced event reached the cluster: {events}"
+    );
+    eprintln!("fencing: stopped after {stopped_after:?}, ran elsewhere after {elsewhere_after:?}");
+}

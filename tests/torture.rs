@@ -32,7 +32,7 @@ use flowctl_testkit::linearizability::{
     SetOutput,
 };
 use flowctl_testkit::proxy::{Fault, Network, ProxyHandle};
-use flowctl_testkit::{free_port, wait_until, Cluster, ClusterOptions, NodeOptions};
+use flowctl_testkit::{wait_until, Cluster};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -451,13 +451,7 @@ impl World {
 
     /// The index of node `id` (a Raft id), by its address.
     fn index_of(&self, v: &serde_json::Value, id: u64) -> Option<usize> {
-        let addr = v["members"]
-            .as_array()?
-            .iter()
-            .find(|m| m["id"].as_u64() == Some(id))?["addr"]
-            .as_str()?
-            .to_owned();
-        self.c.nodes.iter().position(|n| n.addr == addr)
+        self.c.index_of(v, id)
     }
 
     fn leader(&self) -> Option<usize> {
@@ -682,6 +676,93 @@ fn proc_state(pid: u32) -> Option<char> {
     stat.rsplit_once(") ")?.1.chars().next()
 }
 
+/// The in-test network of [`NODES`] nodes.
+fn network() -> Network {
+    Network::loopback(NODES)
+}
+
+/// A node that has just joined serves clients before its Join call has answered (the leader
+/// answers only once it is a voter). Writes it forwards in that time must name the cluster,
+/// or the leader's peer guard refuses them. Here the answer never arrives: the new member
+/// joins through a follower whose link back to it drops every byte, while the leader's
+/// replication to it flows.
+#[test]
+fn a_joining_node_forwards_writes_before_its_join_answer_arrives() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _rt = rt.enter();
+    let net = network();
+    let (mut c, _proxies) = Cluster::start_proxied(NODES, &rt, &net, &[], |_, _| {}).unwrap();
+    let v = c.json(0, &["cluster", "status"]).unwrap();
+    let leader_id = v["leader_id"].as_u64().unwrap();
+    let leader = c.index_of(&v, leader_id).unwrap();
+    let (via, victim) = match leader {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    let victim_id = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_u64())
+        .find(|&id| c.index_of(&v, id) == Some(victim))
+        .unwrap();
+    let out = c
+        .flowctl(leader, &["cluster", "remove", &victim_id.to_string()])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    net.set(via, victim, Fault::Drop);
+    c.replace_fresh(victim, via).unwrap();
+    // The leader made the new member a voter...
+    wait_until(Duration::from_secs(60), || {
+        c.json(leader, &["cluster", "status"]).is_ok_and(|s| {
+            let ms = s["members"].as_array().cloned().unwrap_or_default();
+            ms.len() == NODES
+                && ms.iter().all(|m| m["voter"] == true)
+                && ms.iter().all(|m| m["id"].as_u64() != Some(victim_id))
+        })
+    })
+    .expect("the new member never became a voter");
+    // ...whose Join has not answered (its answer is dropped on the way back).
+    let log = std::fs::read_to_string(&c.nodes[victim].log_path).unwrap();
+    let since_restart = log
+        .rsplit("starting node")
+        .next()
+        .unwrap_or(&log)
+        .to_owned();
+    assert!(
+        !since_restart.contains("joined the cluster as a voter"),
+        "the Join answer got through; the test shows nothing"
+    );
+    assert!(
+        net.stats(via, victim).dropped_bytes > 0,
+        "the cut link blocked nothing"
+    );
+    // A write through the new member alone succeeds, and is read back there.
+    let spec = c.dir().join("joining.yaml");
+    std::fs::write(&spec, doc(0, "joining")).unwrap();
+    let out = c
+        .flowctl_at(
+            &c.nodes[victim].addr,
+            &["apply", "-f", spec.to_str().unwrap(), "--timeout", "20"],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "a write through the joining node failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "joining: a write through the new member before its Join answered: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    net.heal();
+}
+
 #[test]
 fn torture_history_is_linearizable_under_faults() {
     let cycles: usize = std::env::var("TORTURE_CYCLES")
@@ -705,19 +786,11 @@ fn torture_history_is_linearizable_under_faults() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     // Clients make their channels on it.
     let _rt = rt.enter();
-    let ips: Vec<String> = (0..NODES).map(|i| format!("127.0.0.{}", 11 + i)).collect();
-    let net = Network::new(
-        &ips.iter()
-            .enumerate()
-            .map(|(i, ip)| (i, ip.parse().unwrap()))
-            .collect::<Vec<_>>(),
-    );
+    let net = network();
     let work = tempfile::Builder::new()
         .prefix("flowctl-torture-")
         .tempdir()
         .unwrap();
-    let mut proxies = Vec::new();
-    let mut nodes = Vec::new();
     let mut clock_files = Vec::new();
     let clock = kinds.contains(&Kind::Clock);
     if clock {
@@ -727,60 +800,41 @@ fn torture_history_is_linearizable_under_faults() {
         );
     }
     let mut _tmpfs = None;
-    for (i, ip) in ips.iter().enumerate() {
-        let real = free_port();
-        let advertised = free_port();
-        let p = rt
-            .block_on(net.proxy(
-                i,
-                format!("{ip}:{advertised}").parse().unwrap(),
-                format!("{ip}:{real}").parse().unwrap(),
-            ))
-            .unwrap();
-        proxies.push(p);
-        let clock_file = work.path().join(format!("faketime-{i}"));
-        std::fs::write(&clock_file, "+0").unwrap();
-        let mut env = Vec::new();
-        if clock {
-            env = vec![
-                ("LD_PRELOAD".into(), LIBFAKETIME.into()),
-                (
-                    "FAKETIME_TIMESTAMP_FILE".into(),
-                    clock_file.to_string_lossy().into_owned(),
-                ),
-                ("FAKETIME_CACHE_DURATION".into(), "1".into()),
-                // Only the wall clock steps; timers and Raft run on the monotonic one.
-                ("DONT_FAKE_MONOTONIC".into(), "1".into()),
-            ];
-        }
-        clock_files.push(clock_file);
-        let data_dir = work.path().join(format!("data-{i}"));
-        if i == DISK_NODE && kinds.contains(&Kind::Disk) {
-            _tmpfs = Some(Tmpfs::mount(&data_dir));
-        }
-        nodes.push(NodeOptions {
-            ip: Some(ip.clone()),
-            peer_port: Some(real),
-            peer_advertise: Some(format!("{ip}:{advertised}")),
-            env,
-            data_dir: Some(data_dir),
-        });
-    }
-    let c = Cluster::start(
+    let (c, proxies) = Cluster::start_proxied(
         NODES,
-        ClusterOptions {
-            // Components expire after 36 s without a heartbeat: a clock step that reached
-            // the liveness decisions would expire them all.
-            extra_args: vec![
-                "--heartbeat-ttl".into(),
-                "5".into(),
-                "--component-expiry".into(),
-                "0.01".into(),
-                "--snapshot-threshold".into(),
-                "500".into(),
-            ],
-            nodes,
-            ..Default::default()
+        &rt,
+        &net,
+        // Components expire after 36 s without a heartbeat: a clock step that reached the
+        // liveness decisions would expire them all.
+        &[
+            "--heartbeat-ttl",
+            "5",
+            "--component-expiry",
+            "0.01",
+            "--snapshot-threshold",
+            "500",
+        ],
+        |i, node| {
+            let clock_file = work.path().join(format!("faketime-{i}"));
+            std::fs::write(&clock_file, "+0").unwrap();
+            if clock {
+                node.env = vec![
+                    ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+                    (
+                        "FAKETIME_TIMESTAMP_FILE".into(),
+                        clock_file.to_string_lossy().into_owned(),
+                    ),
+                    ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+                    // Only the wall clock steps; timers and Raft run on the monotonic one.
+                    ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+                ];
+            }
+            clock_files.push(clock_file);
+            let data_dir = work.path().join(format!("data-{i}"));
+            if i == DISK_NODE && kinds.contains(&Kind::Disk) {
+                _tmpfs = Some(Tmpfs::mount(&data_dir));
+            }
+            node.data_dir = Some(data_dir);
         },
     )
     .unwrap();

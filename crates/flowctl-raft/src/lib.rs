@@ -492,6 +492,14 @@ impl RaftNode {
         }
     }
 
+    /// Confirms that this node reaches a leader that holds a quorum now, and that its own
+    /// state has caught up with what that leader had committed (a linearizable read, whose
+    /// read index is shared with the reads waiting at the same time): the supervisor's
+    /// fencing check.
+    pub async fn confirm_quorum(&self) -> Result<(), Error> {
+        self.read_linearizable(|_| ()).await.map(|_| ())
+    }
+
     /// A read index for a linearizable read, shared with every read that is waiting at the
     /// same time (see [`run_read_index`]).
     async fn read_index(&self) -> Result<u64, Error> {

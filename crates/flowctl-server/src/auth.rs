@@ -436,6 +436,23 @@ impl Gate {
                 }
             }
         }
+        // A joining node knows no cluster id until its Join answers, which is only after the
+        // leader has made it a voter; meanwhile it already serves clients, and the writes it
+        // forwards would name no cluster, which the leader refuses. The leader's replication
+        // reaches it first (a learner catches up before it is promoted), so it takes the id
+        // from there: in memory only, and only after the peer secret and certificate checks
+        // above. The Join answer then sets the id for good and persists it.
+        if mine.is_empty()
+            && !theirs.is_empty()
+            && matches!(method, "AppendEntries" | "InstallSnapshot")
+        {
+            tracing::info!(
+                cluster_id = theirs,
+                leader = from,
+                "learned the cluster id from the leader's replication"
+            );
+            self.node.set_cluster_id(theirs);
+        }
         Ok(())
     }
 

@@ -6,7 +6,9 @@
 //! ```
 //!
 //! The scheduler keeps existing placements while their node is alive and moves the instances
-//! of a node that has not answered for `node_grace` to the least loaded live nodes. The
+//! of a node that has not answered for `node_grace` (plus [`FENCE_MARGIN`]) to the least loaded
+//! live nodes. A node that has not reached a quorum for `node_grace` stops its own instances
+//! (it is *fenced*), so once the leader moves them, only the new copies run. The
 //! supervisor starts what is placed on its node, stops what is not, restarts crashed instances
 //! with exponential backoff according to `restart_policy`, and replaces instances whose spec
 //! changed one at a time per component (a rolling change). Each instance's stdout and stderr
@@ -33,6 +35,24 @@ pub const LOG_CAP_BYTES: u64 = 8 * 1024 * 1024;
 const TICK: Duration = Duration::from_millis(500);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the supervisor confirms that its node reaches a quorum, and how long one check
+/// may take.
+const QUORUM_CHECK: Duration = Duration::from_secs(1);
+/// How long a runtime report may wait to commit; the supervisor's tick waits for it.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How much longer than `node_grace` the leader waits before it moves a silent node's
+/// instances. The silent node stops them itself after `node_grace` without reaching a quorum,
+/// but it counts from its own last successful check (up to two check periods before the
+/// leader's last successful probe), notices at a tick that a report in flight may have delayed,
+/// and then gives each instance `STOP_GRACE` to exit. Waiting this much longer means that at
+/// no time do two copies of an instance run.
+pub const FENCE_MARGIN: Duration = Duration::from_millis(
+    (2 * QUORUM_CHECK.as_millis()
+        + REPORT_TIMEOUT.as_millis()
+        + TICK.as_millis()
+        + STOP_GRACE.as_millis()
+        + 500) as u64,
+);
 
 #[derive(Clone)]
 pub struct DeployOptions {
@@ -292,7 +312,7 @@ async fn run_scheduler(
             .filter(|id| {
                 last_ok
                     .get(id)
-                    .is_some_and(|t| now.duration_since(*t) < opts.node_grace)
+                    .is_some_and(|t| now.duration_since(*t) < opts.node_grace + FENCE_MARGIN)
             })
             .collect();
         if live.is_empty() {
@@ -413,7 +433,9 @@ async fn run_scheduler(
                         Some(prev) if prev == n => return None,
                         Some(prev) => format!(
                             "moved from node {} (not answering for {:?}) to node {}",
-                            prev.0, opts.node_grace, n.0
+                            prev.0,
+                            opts.node_grace + FENCE_MARGIN,
+                            n.0
                         ),
                         None => format!("placed on node {}", n.0),
                     };
@@ -1044,7 +1066,7 @@ impl Reporter {
             node: me,
             pipelines: by_pipeline.into_values().collect(),
         });
-        match tokio::time::timeout(Duration::from_secs(3), self.node.propose(cmd)).await {
+        match tokio::time::timeout(REPORT_TIMEOUT, self.node.propose(cmd)).await {
             Ok(Ok(_)) => self.events.clear(),
             Ok(Err(e)) => tracing::debug!(error = %e, "runtime report not committed; retrying"),
             Err(_) => tracing::debug!("runtime report timed out; retrying"),
@@ -1073,6 +1095,9 @@ async fn run_supervisor(
         events: Vec::new(),
     };
     let pumps = tokio_util::task::TaskTracker::new();
+    let quorum = QuorumContact::new();
+    pumps.spawn(quorum.clone().watch(node.clone(), cancel.clone()));
+    let mut fenced = false;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -1080,7 +1105,26 @@ async fn run_supervisor(
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let desired = desired_here(&node, &specs, &opts);
+        let silent = quorum.age();
+        if (silent >= opts.node_grace) != fenced {
+            fenced = !fenced;
+            if fenced {
+                tracing::warn!(
+                    seconds = silent.as_secs_f64(),
+                    instances = running.len(),
+                    "no quorum reached for the node grace: fenced, stopping every instance here"
+                );
+            } else {
+                tracing::info!("a quorum answers again: no longer fenced");
+            }
+            metrics::gauge!("flowctl_supervisor_fenced").set(if fenced { 1.0 } else { 0.0 });
+        }
+        // Fenced, nothing runs here: the leader moves this node's instances elsewhere.
+        let desired = if fenced {
+            BTreeMap::new()
+        } else {
+            desired_here(&node, &specs, &opts)
+        };
         // Stop what is no longer placed here.
         let gone: Vec<_> = running
             .keys()
@@ -1092,14 +1136,13 @@ async fn run_supervisor(
                 if let Some(c) = r.child.as_mut() {
                     stop_instance(c).await;
                 }
-                tracing::info!(pipeline = %k.0, instance = %k.1, "stopped instance");
-                reporter.event(
-                    &k.0,
-                    &k.1,
-                    "Stopped",
-                    "no longer placed on this node".into(),
-                    false,
-                );
+                tracing::info!(pipeline = %k.0, instance = %k.1, fenced, "stopped instance");
+                let why = if fenced {
+                    format!("fenced: this node reached no quorum for {silent:.1?}")
+                } else {
+                    "no longer placed on this node".into()
+                };
+                reporter.event(&k.0, &k.1, "Stopped", why, fenced);
             }
         }
         // One rolling replacement per component per tick, and only once the lower replicas
@@ -1183,12 +1226,16 @@ async fn run_supervisor(
         }
         metrics::gauge!("flowctl_supervisor_instances")
             .set(running.values().filter(|r| r.child.is_some()).count() as f64);
-        let me = NodeId(node.id());
-        let current = running
-            .iter()
-            .map(|(k, r)| (k.clone(), r.status(me)))
-            .collect();
-        reporter.flush(current).await;
+        // A report cannot commit without a quorum; it waits (and its events with it) rather
+        // than hold up the next tick.
+        if quorum.age() < 2 * QUORUM_CHECK {
+            let me = NodeId(node.id());
+            let current = running
+                .iter()
+                .map(|(k, r)| (k.clone(), r.status(me)))
+                .collect();
+            reporter.flush(current).await;
+        }
     }
     // Shutting down: stop every child before the node exits.
     for (_, mut r) in std::mem::take(&mut running) {
@@ -1198,6 +1245,37 @@ async fn run_supervisor(
     }
     pumps.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), pumps.wait()).await;
+}
+
+/// When this node last confirmed that it reaches a quorum (see [`RaftNode::confirm_quorum`]):
+/// the supervisor's fence. It starts fresh, so a node that has just started gets a full grace.
+#[derive(Clone)]
+struct QuorumContact(std::sync::Arc<std::sync::Mutex<Instant>>);
+
+impl QuorumContact {
+    fn new() -> Self {
+        QuorumContact(std::sync::Arc::new(std::sync::Mutex::new(Instant::now())))
+    }
+
+    fn age(&self) -> Duration {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+    }
+
+    async fn watch(self, node: RaftNode, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(QUORUM_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let started = Instant::now();
+            if let Ok(Ok(())) = tokio::time::timeout(QUORUM_CHECK, node.confirm_quorum()).await {
+                // The quorum answered at some point after the check began.
+                *self.0.lock().unwrap_or_else(|p| p.into_inner()) = started;
+            }
+        }
+    }
 }
 
 /// Starts `r`'s process and records the outcome as an event named `reason`.

@@ -801,6 +801,11 @@ fn describe_metrics() {
     describe_gauge!("flowctl_raft_term", "Current Raft term.");
     describe_gauge!("flowctl_raft_is_leader", "1 when this node is the leader.");
     describe_gauge!(
+        "flowctl_supervisor_fenced",
+        "1 while this node reaches no quorum for the node grace and runs no instances."
+    );
+    metrics::gauge!("flowctl_supervisor_fenced").set(0.0);
+    describe_gauge!(
         "flowctl_raft_commit_index",
         "Last committed log index known to this node."
     );

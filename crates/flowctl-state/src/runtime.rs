@@ -94,9 +94,17 @@ pub(crate) fn report(state: &mut State, c: &ReportRuntime) -> (Outcome, Vec<Touc
         if !state.pipelines.contains_key(&p.pipeline) {
             continue;
         }
+        let placed = state.placements.get(&p.pipeline);
         let rt = state.runtime.entry(p.pipeline.clone()).or_default();
         for (key, status) in &p.instances {
             match status {
+                // Fenced: a status from a node the instance has been moved away from (a report
+                // delayed by a partition, say) is stale, and must not hide the new node's.
+                Some(s)
+                    if s.node != c.node
+                        || placed
+                            .and_then(|pl| pl.instances.get(key))
+                            .is_some_and(|n| *n != c.node) => {}
                 Some(s) => {
                     rt.instances.insert(key.clone(), s.clone());
                 }
@@ -200,6 +208,47 @@ mod tests {
             apply(&mut s, 6 + i, &report_cmd(2, vec![]));
         }
         assert_eq!(s.runtime["p"].events.len(), MAX_EVENTS_PER_PIPELINE);
+    }
+
+    #[test]
+    fn a_status_from_a_node_the_instance_moved_away_from_is_refused() {
+        use crate::placements::SetPlacement;
+        let mut s = with_pipeline();
+        let place = |node: u64| {
+            Command::SetPlacement(SetPlacement {
+                pipeline: "p".into(),
+                generation: 1,
+                instances: [("a/0".to_owned(), NodeId(node))].into(),
+            })
+        };
+        apply(&mut s, 2, &place(1));
+        apply(
+            &mut s,
+            3,
+            &report_cmd(1, vec![("a/0".into(), Some(status(1, 0)))]),
+        );
+        assert_eq!(s.runtime["p"].instances["a/0"].node, NodeId(1));
+        // Moved to node 2, which reports; node 1's late report is refused, its events kept.
+        apply(&mut s, 4, &place(2));
+        apply(
+            &mut s,
+            5,
+            &report_cmd(2, vec![("a/0".into(), Some(status(2, 0)))]),
+        );
+        apply(
+            &mut s,
+            6,
+            &report_cmd(1, vec![("a/0".into(), Some(status(1, 1)))]),
+        );
+        assert_eq!(s.runtime["p"].instances["a/0"], status(2, 0));
+        assert_eq!(s.runtime["p"].events.len(), 3);
+        // A node may not report a status in another node's name.
+        apply(
+            &mut s,
+            7,
+            &report_cmd(1, vec![("a/0".into(), Some(status(2, 5)))]),
+        );
+        assert_eq!(s.runtime["p"].instances["a/0"], status(2, 0));
     }
 
     #[test]

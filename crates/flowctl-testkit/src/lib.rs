@@ -203,6 +203,59 @@ impl Cluster {
         Ok(c)
     }
 
+    /// Starts `n` nodes, node `i` on its own IP ([`proxy::loopback_ip`]) and advertising a
+    /// proxy of `net` (made with [`proxy::Network::loopback`]) as its peer address, so that a
+    /// test can fault every directed link between nodes. `customize` sets a node's
+    /// environment or data dir. Keep the proxies as long as the cluster.
+    pub fn start_proxied(
+        n: usize,
+        rt: &tokio::runtime::Runtime,
+        net: &proxy::Network,
+        extra_args: &[&str],
+        mut customize: impl FnMut(usize, &mut NodeOptions),
+    ) -> anyhow::Result<(Cluster, Vec<proxy::ProxyHandle>)> {
+        let mut proxies = Vec::new();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let ip = proxy::loopback_ip(i);
+            let real = free_port();
+            let advertised = std::net::SocketAddr::new(ip, free_port());
+            proxies.push(rt.block_on(net.proxy(
+                i,
+                advertised,
+                std::net::SocketAddr::new(ip, real),
+            ))?);
+            let mut node = NodeOptions {
+                ip: Some(ip.to_string()),
+                peer_port: Some(real),
+                peer_advertise: Some(advertised.to_string()),
+                ..Default::default()
+            };
+            customize(i, &mut node);
+            nodes.push(node);
+        }
+        let c = Cluster::start(
+            n,
+            ClusterOptions {
+                extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+                nodes,
+                ..Default::default()
+            },
+        )?;
+        Ok((c, proxies))
+    }
+
+    /// The index of node `id` (a Raft id), found by its address in a `cluster status`.
+    pub fn index_of(&self, status: &serde_json::Value, id: u64) -> Option<usize> {
+        let addr = status["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"].as_u64() == Some(id))?["addr"]
+            .as_str()?
+            .to_owned();
+        self.nodes.iter().position(|n| n.addr == addr)
+    }
+
     pub fn dir(&self) -> &Path {
         self._dir.path()
     }

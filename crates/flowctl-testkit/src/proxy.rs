@@ -203,6 +203,12 @@ impl Network {
         }
     }
 
+    /// A network of `n` nodes where node `i` has the loopback IP 127.0.0.(11 + i), as
+    /// [`Cluster::start_proxied`](crate::Cluster::start_proxied) places them.
+    pub fn loopback(n: usize) -> Network {
+        Network::new(&(0..n).map(|i| (i, loopback_ip(i))).collect::<Vec<_>>())
+    }
+
     /// The node a source IP belongs to (`None`: unknown, never faulted).
     pub fn node_of(&self, ip: IpAddr) -> Option<usize> {
         self.inner.nodes.get(&ip.to_canonical()).copied()
@@ -1059,4 +1065,9 @@ mod tests {
             .expect_err("non-loopback target");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
+}
+
+/// Node `i`'s own loopback IP in a proxied cluster: 127.0.0.(11 + i).
+pub fn loopback_ip(i: usize) -> IpAddr {
+    IpAddr::from([127, 0, 0, 11 + i as u8])
 }
