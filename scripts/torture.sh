@@ -26,7 +26,7 @@ export TORTURE_CYCLES="$cycles" TORTURE_SEED="$seed" TORTURE_FAULTS="$faults"
 [ -n "$seed" ] || unset TORTURE_SEED
 log=$(mktemp)
 set +e
-cargo test -p flowctl-cli --test torture -- --nocapture 2>&1 | tee "$log"
+cargo test -p flowctl-cli --test torture -- torture_history --nocapture 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 line=$(grep -E '^cycles=' "$log" | tail -1 || true)

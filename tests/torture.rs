@@ -435,6 +435,9 @@ struct World {
     clock_files: Vec<PathBuf>,
     rng: Rng,
     log: Vec<String>,
+    /// A disk fault has happened: node `DISK_NODE` may exit on its own later (see
+    /// [`World::wait_healthy`]).
+    disk_faulted: bool,
 }
 
 impl World {
@@ -468,8 +471,30 @@ impl World {
     }
 
     /// Waits until every node runs and 3 voters agree on a leader.
-    fn wait_healthy(&self, what: &str) {
+    /// Restarts node `DISK_NODE` if it stopped after a disk fault; fails the run if another
+    /// node stopped on its own.
+    fn revive(&mut self, what: &str) {
+        for i in 0..NODES {
+            if self.c.nodes[i].is_running() {
+                continue;
+            }
+            // After ENOSPC, RocksDB keeps the failed write's error, and the node may stop at a
+            // later sync, after space came back: restart it, as its supervisor (systemd) would.
+            // Any other node that stops on its own fails the run.
+            assert!(
+                i == DISK_NODE && self.disk_faulted,
+                "node {i} exited on its own after {what}:\n{}",
+                self.c.log_tail(i, 25)
+            );
+            self.log
+                .push(format!("disk: node {i} stopped after the fault; restarted"));
+            self.c.restart(i).unwrap();
+        }
+    }
+
+    fn wait_healthy(&mut self, what: &str) {
         wait_until(Duration::from_secs(60), || {
+            self.revive(what);
             (0..NODES).all(|i| {
                 self.c
                     .json(i, &["cluster", "status", "--timeout", "3"])
@@ -641,6 +666,7 @@ impl World {
                 let full = fill(&filler);
                 assert!(full, "disk: {} never filled up", dir.display());
                 self.log.push(format!("disk of node {DISK_NODE} full"));
+                self.disk_faulted = true;
                 self.hold();
                 std::thread::sleep(Duration::from_millis(1500));
                 std::fs::remove_file(&filler).unwrap();
@@ -845,6 +871,7 @@ fn torture_history_is_linearizable_under_faults() {
         clock_files,
         rng: Rng(seed | 1),
         log: Vec::new(),
+        disk_faulted: false,
     };
     world.wait_healthy("start");
 

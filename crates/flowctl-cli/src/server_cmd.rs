@@ -118,7 +118,8 @@ pub struct ServerArgs {
     /// Unregister a component after this many hours without a heartbeat (0 = never).
     #[arg(long, default_value_t = 24.0)]
     component_expiry: f64,
-    /// Seconds a node may be silent before the leader moves its pipeline instances elsewhere.
+    /// Seconds without a quorum after which a node stops its pipeline instances (fencing); the
+    /// leader moves a silent node's instances 9 s after that.
     #[arg(long, default_value_t = 10.0)]
     node_grace: f64,
     /// Kafka bootstrap brokers (HOST:PORT,...) for pipelines that do not name their own in

@@ -111,6 +111,14 @@ impl RaftService for InternalService {
         req: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
+        let end = rpc.offset.saturating_add(rpc.data.len() as u64);
+        if end > flowctl_store::MAX_SNAPSHOT_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "snapshot {} would be over {} bytes (a chunk ends at byte {end}); refused",
+                rpc.meta.snapshot_id,
+                flowctl_store::MAX_SNAPSHOT_BYTES
+            )));
+        }
         reply(&self.node.raft().install_snapshot(rpc).await)
     }
 

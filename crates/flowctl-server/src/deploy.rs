@@ -1354,6 +1354,12 @@ mod tests {
     }
 
     #[test]
+    fn the_fence_margin_is_what_the_readme_and_the_flag_say() {
+        // README "Deployment" and `--node-grace`'s help give it in seconds.
+        assert_eq!(FENCE_MARGIN, Duration::from_secs(9));
+    }
+
+    #[test]
     fn backoff_grows_and_is_capped() {
         assert_eq!(backoff(0), Duration::from_millis(500));
         assert_eq!(backoff(1), Duration::from_secs(1));

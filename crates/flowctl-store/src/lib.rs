@@ -99,6 +99,11 @@ pub fn default_peer_addr(addr: &str) -> Option<String> {
     Some(format!("{host}:{}", port.checked_add(1)?))
 }
 
+/// The largest snapshot a node accepts from a leader, in bytes. Every replicated collection is
+/// bounded far below it; a larger snapshot is refused while it arrives, not after it has
+/// filled the disk or the memory of the decoder.
+pub const MAX_SNAPSHOT_BYTES: u64 = 2 << 30;
+
 const CF_LOG: &str = "log";
 const CF_RAFT: &str = "raft";
 const CF_SM: &str = "sm";

@@ -585,11 +585,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<u64>> {
+        let len = snapshot.metadata().await.map_err(snap_read)?.len();
+        if len > crate::MAX_SNAPSHOT_BYTES {
+            return Err(snap_read(std::io::Error::other(format!(
+                "snapshot {} is {len} bytes, over the {} byte limit",
+                meta.snapshot_id,
+                crate::MAX_SNAPSHOT_BYTES
+            ))));
+        }
         snapshot
             .seek(std::io::SeekFrom::Start(0))
             .await
             .map_err(snap_read)?;
-        let mut bytes = Vec::new();
+        let mut bytes = Vec::with_capacity(len as usize);
         snapshot.read_to_end(&mut bytes).await.map_err(snap_read)?;
         let db = self.db.clone();
         let snap_dir = self.snap_dir.clone();

@@ -465,3 +465,22 @@ async fn a_slow_older_snapshot_build_does_not_replace_a_newer_installed_one() {
         .collect();
     assert_eq!(files, [format!("{}.snap", meta.snapshot_id)]);
 }
+
+#[tokio::test]
+async fn a_snapshot_over_the_size_limit_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut src) = open(&dir.path().join("src"), StoreOptions::default()).unwrap();
+    src.apply(vec![normal(1, 1, "p", "{}")]).await.unwrap();
+    let (meta, _) = snapshot_bytes(&mut src).await;
+    let (_log, mut dst) = open(&dir.path().join("dst"), StoreOptions::default()).unwrap();
+    let incoming = dst.begin_receiving_snapshot().await.unwrap();
+    // Sparse: the file claims one byte over the limit without using the disk.
+    incoming
+        .set_len(flowctl_store::MAX_SNAPSHOT_BYTES + 1)
+        .await
+        .unwrap();
+    let e = dst.install_snapshot(&meta, incoming).await.unwrap_err();
+    assert!(e.to_string().contains("byte limit"), "{e}");
+    let names = dst.reader().read(|s, _| s.pipelines.len());
+    assert_eq!(names, 0, "nothing of the refused snapshot was installed");
+}
