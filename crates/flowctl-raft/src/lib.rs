@@ -438,9 +438,14 @@ impl RaftNode {
     }
 
     async fn propose_once(&self, cmd: &Command) -> Result<Applied, Error> {
-        let (leader, _) = self.wait_for_leader(REQUEST_TIMEOUT).await?;
+        let (leader, addr) = self.wait_for_leader(REQUEST_TIMEOUT).await?;
         if leader == self.inner.id {
             return self.write_as_leader(cmd.clone()).await;
+        }
+        if leader_only(cmd) {
+            return Err(Error::NotLeader {
+                leader: Some((leader, addr)),
+            });
         }
         // Forwarded through the follower's own batcher: one Forward RPC carries every write
         // that arrived together (see `run_forwarder`).
@@ -939,7 +944,44 @@ async fn run_forwarder(
     .await;
 }
 
-async fn forward_batch(me: u64, raft: &Raft, peers: &Peers, batch: Vec<Proposal>) {
+/// Whether only a leader proposes `cmd`: its own periodic decisions (placements, liveness
+/// transitions, the DLQ index, chunk assignment) and the batches it merges itself. A node
+/// that has just lost leadership must not forward them (the leader refuses them).
+fn leader_only(cmd: &Command) -> bool {
+    match cmd {
+        Command::Once(o) => leader_only(&o.command),
+        Command::Batch(_)
+        | Command::SetComponentHealth(_)
+        | Command::SetPlacement(_)
+        | Command::IndexDlq(_)
+        | Command::ExpireDlq(_)
+        | Command::AssignChunks(_)
+        | Command::RequeueChunks(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether `cmd` goes to the leader in a Forward of its own. The leader checks a forwarded
+/// batch as a whole, so a command it may refuse (a leader's decision, a removal record)
+/// would fail the other writes forwarded with it.
+fn forwarded_alone(cmd: &Command) -> bool {
+    leader_only(cmd) || matches!(cmd, Command::RecordNodeRemoved { .. })
+}
+
+async fn forward_batch(me: u64, raft: &Raft, peers: &Peers, mut batch: Vec<Proposal>) {
+    let alone: Vec<Proposal> = {
+        let (alone, rest) = batch.drain(..).partition(|p| forwarded_alone(&p.0));
+        batch = rest;
+        alone
+    };
+    let groups = alone
+        .into_iter()
+        .map(|p| vec![p])
+        .chain((!batch.is_empty()).then_some(batch));
+    futures::future::join_all(groups.map(|g| forward_group(me, raft, peers, g))).await;
+}
+
+async fn forward_group(me: u64, raft: &Raft, peers: &Peers, batch: Vec<Proposal>) {
     let n = batch.len();
     let mut cmds = Vec::with_capacity(n);
     let mut waiters = Vec::with_capacity(n);
@@ -1199,6 +1241,29 @@ mod batch_tests {
             at_ms: 0,
             if_generation: None,
         })
+    }
+
+    /// A torture run failed on this: a deposed leader's placement (a batch of its own) was
+    /// forwarded in one batch with a client's write, and the leader refused both ("a
+    /// forwarded batch may not nest batches").
+    #[test]
+    fn leader_decisions_are_never_forwarded_with_other_writes() {
+        use flowctl_state::placements::SetPlacement;
+        let place = Command::SetPlacement(SetPlacement {
+            pipeline: "p".into(),
+            generation: 1,
+            instances: Default::default(),
+        });
+        let write = big("p", 1);
+        assert!(leader_only(&place) && forwarded_alone(&place));
+        assert!(leader_only(&Command::Batch(vec![
+            place.clone(),
+            write.clone()
+        ])));
+        assert!(!leader_only(&write) && !forwarded_alone(&write));
+        assert!(forwarded_alone(&Command::RecordNodeRemoved {
+            node_id: flowctl_state::NodeId(3)
+        }));
     }
 
     #[tokio::test]
