@@ -40,19 +40,13 @@ pub async fn with_request_id<F: Future>(base: String, f: F) -> F::Output {
 
 /// Whether a write is worth remembering: a write whose second copy could answer differently.
 fn remembered(cmd: &Command) -> bool {
-    !matches!(
-        cmd,
-        Command::Once(_)
-            | Command::Batch(_)
-            | Command::SetComponentHealth(_)
-            | Command::SetPlacement(_)
-            | Command::IndexDlq(_)
-            | Command::ExpireDlq(_)
-            | Command::AssignChunks(_)
-            | Command::RequeueChunks(_)
-            | Command::RecordAudit(_)
-            | Command::ReportRuntime(_)
-    )
+    // A leader's own decisions are idempotent and periodic; audit records and runtime
+    // reports too.
+    !(crate::leader_only(cmd)
+        || matches!(
+            cmd,
+            Command::Once(_) | Command::RecordAudit(_) | Command::ReportRuntime(_)
+        ))
 }
 
 /// `cmd` wrapped in [`Command::Once`] when it is worth remembering.

@@ -264,34 +264,10 @@ fn assert_covers_all(what: &str, covered: &BTreeSet<&'static str>, all: &BTreeSe
 // ---------------------------------------------------------------------------------------------
 // Variant names, by exhaustive matches: a new variant does not compile until it is named here.
 
+/// A command's variant name: `requests::kind`, an exhaustive match (a new variant does not
+/// compile until it is named there).
 fn command_variant(c: &Command) -> &'static str {
-    match c {
-        Command::ApplyPipeline(_) => "ApplyPipeline",
-        Command::DeletePipeline(_) => "DeletePipeline",
-        Command::RecordNodeRemoved { .. } => "RecordNodeRemoved",
-        Command::RegisterComponent(_) => "RegisterComponent",
-        Command::UnregisterComponent(_) => "UnregisterComponent",
-        Command::SetComponentHealth(_) => "SetComponentHealth",
-        Command::SetPlacement(_) => "SetPlacement",
-        Command::ReportRuntime(_) => "ReportRuntime",
-        Command::PushSchemas(_) => "PushSchemas",
-        Command::SetCompatibility(_) => "SetCompatibility",
-        Command::DeleteSchema(_) => "DeleteSchema",
-        Command::IndexDlq(_) => "IndexDlq",
-        Command::SetDlqState(_) => "SetDlqState",
-        Command::ExpireDlq(_) => "ExpireDlq",
-        Command::CreateReplay(_) => "CreateReplay",
-        Command::AssignChunks(_) => "AssignChunks",
-        Command::ReportChunk(_) => "ReportChunk",
-        Command::RequeueChunks(_) => "RequeueChunks",
-        Command::ControlReplay(_) => "ControlReplay",
-        Command::SetAuth(_) => "SetAuth",
-        Command::CreateToken(_) => "CreateToken",
-        Command::RevokeToken(_) => "RevokeToken",
-        Command::RecordAudit(_) => "RecordAudit",
-        Command::Once(_) => "Once",
-        Command::Batch(_) => "Batch",
-    }
+    flowctl_state::requests::kind(c)
 }
 
 fn outcome_variant(o: &Outcome) -> &'static str {
