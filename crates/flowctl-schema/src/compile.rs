@@ -41,13 +41,7 @@ impl Compiled {
                 what: what.clone(),
                 source,
             })?;
-        let pool =
-            DescriptorPool::from_file_descriptor_set(descriptor_set.clone()).map_err(|err| {
-                Error::Descriptor {
-                    what,
-                    message: err.to_string(),
-                }
-            })?;
+        let pool = pool_of(descriptor_set.clone(), &what)?;
         let inputs = descriptor_set
             .file
             .iter()
@@ -157,6 +151,32 @@ pub fn compile(files: &[PathBuf], include_dirs: &[PathBuf]) -> Result<Compiled, 
         sources,
         inputs,
         pool: compiler.descriptor_pool(),
+    })
+}
+
+/// Links a decoded descriptor set into a pool, or says why it cannot be linked.
+///
+/// prost-reflect 0.16 panics (indexing a file it has not stored yet) when it reports a file
+/// whose `syntax` is neither `proto2` nor `proto3`, so such a file is refused here first, as
+/// prost-reflect would have refused it.
+pub(crate) fn pool_of(set: FileDescriptorSet, what: &str) -> Result<DescriptorPool, Error> {
+    if let Some(file) = set
+        .file
+        .iter()
+        .find(|f| !matches!(f.syntax.as_deref(), None | Some("proto2") | Some("proto3")))
+    {
+        return Err(Error::Descriptor {
+            what: what.to_owned(),
+            message: format!(
+                "{}: unknown syntax {:?} (expected \"proto2\" or \"proto3\")",
+                file.name(),
+                file.syntax()
+            ),
+        });
+    }
+    DescriptorPool::from_file_descriptor_set(set).map_err(|err| Error::Descriptor {
+        what: what.to_owned(),
+        message: err.to_string(),
     })
 }
 
@@ -378,6 +398,21 @@ mod tests {
             crate::subjects(&rebuilt, "t").unwrap(),
             crate::subjects(&compiled, "t").unwrap()
         );
+    }
+
+    #[test]
+    fn from_parts_rejects_an_unknown_syntax_without_panicking() {
+        // Found by fuzzing (crates/flowctl-fuzz): prost-reflect panicked on this.
+        let set = FileDescriptorSet {
+            file: vec![prost_types::FileDescriptorProto {
+                name: Some("x.proto".into()),
+                syntax: Some("proto4".into()),
+                ..Default::default()
+            }],
+        };
+        let err = Compiled::from_parts(set.encode_to_vec(), BTreeMap::new()).unwrap_err();
+        assert!(matches!(err, Error::Descriptor { .. }), "{err:?}");
+        assert!(err.to_string().contains("push"), "{err}");
     }
 
     #[test]

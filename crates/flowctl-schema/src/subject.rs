@@ -55,11 +55,7 @@ impl SubjectSchema {
                 source,
             }
         })?;
-        let pool =
-            DescriptorPool::from_file_descriptor_set(set).map_err(|err| Error::Descriptor {
-                what: self.subject.clone(),
-                message: err.to_string(),
-            })?;
+        let pool = crate::compile::pool_of(set, &self.subject)?;
         pool.get_message_by_name(&self.subject)
             .filter(|message| message.parent_message().is_none())
             .ok_or_else(|| Error::MissingMessage {
