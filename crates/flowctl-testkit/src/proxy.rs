@@ -672,6 +672,11 @@ async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, side: &Side) -> Res
     tokio::try_join!(reader, writer).map(|_| ())
 }
 
+/// Node `i`'s own loopback IP in a proxied cluster: 127.0.0.(11 + i).
+pub fn loopback_ip(i: usize) -> IpAddr {
+    IpAddr::from([127, 0, 0, 11 + i as u8])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1065,9 +1070,4 @@ mod tests {
             .expect_err("non-loopback target");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
-}
-
-/// Node `i`'s own loopback IP in a proxied cluster: 127.0.0.(11 + i).
-pub fn loopback_ip(i: usize) -> IpAddr {
-    IpAddr::from([127, 0, 0, 11 + i as u8])
 }
