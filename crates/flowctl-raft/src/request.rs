@@ -42,7 +42,7 @@ pub async fn with_request_id<F: Future>(base: String, f: F) -> F::Output {
 fn remembered(cmd: &Command) -> bool {
     // A leader's own decisions are idempotent and periodic; audit records and runtime
     // reports too.
-    !(crate::leader_only(cmd)
+    !(crate::write::leader_only(cmd)
         || matches!(
             cmd,
             Command::Once(_) | Command::RecordAudit(_) | Command::ReportRuntime(_)
