@@ -355,6 +355,7 @@ fn deployed_components_register_with_their_instance_tokens() {
         let e = replay
             .watch_chunks(flowctl_client::proto::admin::v1::WatchChunksRequest {
                 component_id: "sink".into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -180,6 +180,9 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
     assert!(p.env["FLOWCTL_ENDPOINT"].split(',').count() == 3);
     assert_eq!(p.env["INPUT_TOPICS"], "flowctl.deploy-test.src");
     assert_eq!(p.env["OUTPUT_TOPIC"], "flowctl.deploy-test.proc");
+    // Each instance carries its placement epoch (the log index of its placement).
+    let epoch_of = |p: &Proc| -> u64 { p.env["FLOWCTL_EPOCH"].parse().unwrap() };
+    assert!(epoch_of(p) > 0, "{:?}", p.env);
 
     // Their output is kept on the node that runs them.
     let node_of = |ppid: u32, c: &Cluster| c.nodes.iter().position(|n| n.pid() == Some(ppid));
@@ -399,6 +402,14 @@ fn applied_pipeline_runs_supervised_processes_that_survive_crashes_node_loss_and
         sinks.len() == 1 && sinks[0].pid != sink.pid && node_of(sinks[0].ppid, &c).is_some()
     })
     .unwrap_or_else(|e| panic!("sink was not moved: {e}: {:?}", instances(name)));
+    // The moved copy has a newer epoch, so reports of the one left behind would be refused.
+    let moved = instance_of(&instances(name), "sink").cloned().unwrap();
+    assert!(
+        epoch_of(&moved) > epoch_of(&sink),
+        "{:?} then {:?}",
+        sink.env.get("FLOWCTL_EPOCH"),
+        moved.env.get("FLOWCTL_EPOCH")
+    );
     let events = c
         .json((victim + 1) % 3, &["describe", "pipeline", name])
         .unwrap()["events"]

@@ -194,7 +194,7 @@ impl ChunkReport {
         !matches!(self.progress, ChunkProgress::Running)
     }
 
-    fn to_proto(&self, component_id: &str) -> proto::ChunkReport {
+    fn to_proto(&self, component_id: &str, epoch: Option<u64>) -> proto::ChunkReport {
         let (state, records, error, retryable) = match &self.progress {
             ChunkProgress::Running => (proto::ChunkReportState::Running, 0, String::new(), false),
             ChunkProgress::Done { records } => (
@@ -219,6 +219,7 @@ impl ChunkReport {
             records,
             error,
             retryable,
+            epoch: epoch.unwrap_or(0),
         }
     }
 }
@@ -339,6 +340,7 @@ async fn watch(shared: Arc<Shared>, tx: mpsc::Sender<ChunkCommand>, cancel: Canc
             .unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
         let req = proto::WatchChunksRequest {
             component_id: id.clone(),
+            epoch: shared.config.epoch.unwrap_or(0),
         };
         let opened = tokio::select! {
             r = client.call(|ch| {
@@ -443,7 +445,7 @@ pub(crate) async fn report(
         .ok_or(Error::NotRegistered {
             waited: Duration::ZERO,
         })?;
-    let req = report.to_proto(&id);
+    let req = report.to_proto(&id, shared.config.epoch);
     let mut backoff = FIRST_REPORT_BACKOFF;
     let mut tries = 0;
     let result = loop {
@@ -630,7 +632,8 @@ mod tests {
     #[test]
     fn reports_carry_the_attempt_and_their_state() {
         let c = chunk(7, 3);
-        let p = ChunkReport::failed(&c, "broker down", true).to_proto("src-1");
+        let p = ChunkReport::failed(&c, "broker down", true).to_proto("src-1", Some(12));
+        assert_eq!(p.epoch, 12);
         assert_eq!(
             (
                 p.component_id.as_str(),
@@ -643,7 +646,8 @@ mod tests {
         assert_eq!(p.state, proto::ChunkReportState::Failed as i32);
         assert!(p.retryable);
         assert_eq!(p.error, "broker down");
-        let p = ChunkReport::done(&c, 64).to_proto("src-1");
+        let p = ChunkReport::done(&c, 64).to_proto("src-1", None);
+        assert_eq!(p.epoch, 0);
         assert_eq!(
             (p.state, p.records),
             (proto::ChunkReportState::Done as i32, 64)

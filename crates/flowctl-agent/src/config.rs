@@ -26,6 +26,9 @@ pub const ENV_HEARTBEAT_INTERVAL: &str = "FLOWCTL_HEARTBEAT_INTERVAL";
 pub const ENV_HEARTBEAT_INTERVAL_MS: &str = "FLOWCTL_HEARTBEAT_INTERVAL_MS";
 /// The component's id from the pipeline YAML.
 pub const ENV_COMPONENT_ID: &str = "FLOWCTL_COMPONENT_ID";
+/// The instance's placement epoch, which the supervisor sets; chunk watches and reports carry
+/// it so that a copy left on a node the instance has moved away from is refused.
+pub const ENV_EPOCH: &str = "FLOWCTL_EPOCH";
 /// Deadline of one control-plane call including its failover retries, as a Go duration.
 pub const ENV_REQUEST_TIMEOUT: &str = "FLOWCTL_REQUEST_TIMEOUT";
 /// IP address the health server binds (default `127.0.0.1`).
@@ -47,6 +50,7 @@ pub const ENV_VARS: &[&str] = &[
     ENV_HEARTBEAT_INTERVAL,
     ENV_HEARTBEAT_INTERVAL_MS,
     ENV_COMPONENT_ID,
+    ENV_EPOCH,
     ENV_REQUEST_TIMEOUT,
     ENV_HEALTH_HOST,
     ENV_HEALTH_PORT,
@@ -184,6 +188,8 @@ pub struct AgentConfig {
     /// Deadline of one control-plane call, including failover across `endpoints`.
     pub request_timeout: Duration,
     pub component_id: Option<ComponentId>,
+    /// The placement epoch (`FLOWCTL_EPOCH`); `None` outside a flowctl supervisor.
+    pub epoch: Option<u64>,
     /// Where the health server binds; port 0 picks a free port.
     pub health_addr: SocketAddr,
     /// Sent on every control-plane call; `None` sends no credentials.
@@ -213,6 +219,7 @@ impl Default for AgentConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             component_id: None,
+            epoch: None,
             health_addr: SocketAddr::new(DEFAULT_HEALTH_HOST, 0),
             token: None,
             tls: TlsFiles::default(),
@@ -269,6 +276,7 @@ impl AgentConfig {
         let interval = get(ENV_HEARTBEAT_INTERVAL);
         let interval_ms = get(ENV_HEARTBEAT_INTERVAL_MS);
         let component_id = get(ENV_COMPONENT_ID);
+        let epoch = get(ENV_EPOCH);
         let timeout = get(ENV_REQUEST_TIMEOUT);
         let host = get(ENV_HEALTH_HOST);
         let port = get(ENV_HEALTH_PORT);
@@ -338,6 +346,17 @@ impl AgentConfig {
 
         if let Some(v) = component_id {
             config.component_id = ComponentId::new(v);
+        }
+
+        if let Some(v) = epoch.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            match v.parse::<u64>() {
+                Ok(e) if e > 0 => config.epoch = Some(e),
+                _ => bad(
+                    ENV_EPOCH,
+                    v,
+                    "expected a positive whole number (the supervisor sets it)".to_owned(),
+                ),
+            }
         }
 
         if let Some(v) = timeout {
@@ -721,6 +740,18 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains("s3cr"), "{msg}");
+    }
+
+    #[test]
+    fn the_epoch_is_a_positive_number_or_unset() {
+        assert_eq!(parse(&[("FLOWCTL_EPOCH", "42")]).unwrap().epoch, Some(42));
+        assert_eq!(parse(&[("FLOWCTL_EPOCH", " ")]).unwrap().epoch, None);
+        assert_eq!(parse(&[]).unwrap().epoch, None);
+        for bad in ["0", "-1", "x", "1.5"] {
+            let p = problems(&[("FLOWCTL_EPOCH", bad)]);
+            assert_eq!(p.len(), 1, "{bad}");
+            assert_eq!(p[0].var, "FLOWCTL_EPOCH", "{bad}");
+        }
     }
 
     #[test]

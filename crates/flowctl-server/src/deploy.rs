@@ -676,7 +676,13 @@ fn desired_here(
                     component: cid.to_owned(),
                     program: program.clone(),
                     args,
-                    env: instance_env(&spec, c, replica, &endpoints, opts),
+                    env: {
+                        let mut env = instance_env(&spec, c, replica, &endpoints, opts);
+                        if let Some(epoch) = placement.epoch(key) {
+                            env.insert("FLOWCTL_EPOCH".into(), epoch.to_string());
+                        }
+                        env
+                    },
                     policy: c.restart_policy,
                 },
             );
@@ -899,7 +905,14 @@ const ROLLOUT_UNREGISTERED_GRACE: Duration = Duration::from_secs(20);
 /// Pending events kept while reports cannot be committed; the oldest are dropped first.
 const MAX_PENDING_EVENTS: usize = 256;
 /// Environment entries that differ between replicas of one component version.
-const PER_REPLICA_ENV: [&str; 3] = ["FLOWCTL_COMPONENT_ID", "FLOWCTL_REPLICA", "HEALTH_PORT"];
+/// (`FLOWCTL_EPOCH` differs between placements of one replica, too: an instance that stays on
+/// its node keeps its epoch, so it never changes under a running copy.)
+const PER_REPLICA_ENV: [&str; 4] = [
+    "FLOWCTL_COMPONENT_ID",
+    "FLOWCTL_REPLICA",
+    "HEALTH_PORT",
+    "FLOWCTL_EPOCH",
+];
 
 /// A stable hash of what a component version runs, equal across its replicas (FNV-1a).
 fn spec_hash(d: &Desired) -> String {
@@ -1168,10 +1181,21 @@ async fn run_supervisor(
                 }
                 Some(r) if r.desired != *d => {
                     let hash = spec_hash(d);
-                    if rolled.contains(&comp) || !may_replace(&node, d, &hash, now_ms()) {
-                        continue;
+                    // Only the epoch changed (placed elsewhere and back while this node did
+                    // not see it): the copy here is fenced, so replace it now, not as a
+                    // rollout step.
+                    let epoch_only = {
+                        let (mut a, mut b) = (r.desired.clone(), d.clone());
+                        a.env.remove("FLOWCTL_EPOCH");
+                        b.env.remove("FLOWCTL_EPOCH");
+                        a == b
+                    };
+                    if !epoch_only {
+                        if rolled.contains(&comp) || !may_replace(&node, d, &hash, now_ms()) {
+                            continue;
+                        }
+                        rolled.insert(comp);
                     }
-                    rolled.insert(comp);
                     if let Some(c) = r.child.as_mut() {
                         stop_instance(c).await;
                     }

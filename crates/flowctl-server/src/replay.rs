@@ -529,9 +529,36 @@ impl pb::replay_service_server::ReplayService for ReplayApi {
     ) -> Result<Response<Self::WatchChunksStream>, Status> {
         // An instance token watches for its own component only.
         crate::auth::check_component_scope(&req, &req.get_ref().component_id)?;
-        let id = req.into_inner().component_id;
+        let pb::WatchChunksRequest {
+            component_id: id,
+            epoch,
+        } = req.into_inner();
         if id.is_empty() {
             return Err(ServiceError::BadArgument("component_id must not be empty".into()).into());
+        }
+        // A copy left on a node the instance has moved away from gets no chunks.
+        let epoch = (epoch > 0).then_some(epoch);
+        let fenced_by = |s: &flowctl_state::State| {
+            // The id may be placed in more than one pipeline: fenced only where every
+            // placement of it is newer.
+            let mut newest = None;
+            for p in s.placements.values() {
+                let Some(key) = p.key_of_instance_id(&id) else {
+                    continue;
+                };
+                if !p.fences(key, epoch) {
+                    return None;
+                }
+                newest = newest.max(p.epoch(key));
+            }
+            newest
+        };
+        if let (Some(current), _) = self.node.read_stale(fenced_by) {
+            return Err(Status::failed_precondition(format!(
+                "instance {id:?} runs with epoch {} but is placed at epoch {current} now: \
+                 this copy is fenced",
+                epoch.unwrap_or(0)
+            )));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         let node = self.node.clone();
@@ -546,6 +573,13 @@ impl pb::replay_service_server::ReplayService for ReplayApi {
                             .jobs
                             .values()
                             .filter(|j| matches!(j.state, JobState::Running | JobState::Paused))
+                            // Not the chunks of a pipeline where this copy is fenced.
+                            .filter(|j| {
+                                !s.placements.get(&j.pipeline).is_some_and(|p| {
+                                    p.key_of_instance_id(&id)
+                                        .is_some_and(|key| p.fences(key, epoch))
+                                })
+                            })
                             .flat_map(|j| {
                                 s.replays
                                     .chunks
@@ -636,6 +670,7 @@ impl pb::replay_service_server::ReplayService for ReplayApi {
                 instance: r.component_id,
                 progress,
                 at_ms: now_ms(),
+                epoch: (r.epoch > 0).then_some(r.epoch),
             }))
             .await
             .map_err(ServiceError::from)?;

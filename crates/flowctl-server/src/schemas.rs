@@ -415,3 +415,14 @@ impl pb::schema_service_server::SchemaService for SchemaApi {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_machine_accepts_exactly_the_compilers_mode_names() {
+        let names: Vec<&str> = CompatibilityMode::ALL.iter().map(|m| m.as_str()).collect();
+        assert_eq!(names, flowctl_state::schemas::COMPATIBILITY_MODES);
+    }
+}

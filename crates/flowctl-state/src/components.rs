@@ -119,6 +119,11 @@ pub struct SetHealth {
 }
 
 pub(crate) fn register(state: &mut State, index: u64, c: &Register) -> (Outcome, Vec<Touched>) {
+    // The server checks the id before proposing; a command from elsewhere (an older or a
+    // faulty proposer) is checked again here, as pipeline and token names are.
+    if let Err(e) = ComponentId::parse(&c.spec.id.0) {
+        return (Outcome::Rejected(Rejection::Invalid(e)), vec![]);
+    }
     let id = c.spec.id.clone();
     match state.components.get_mut(&id) {
         // Idempotent: the same description from a live component changes nothing.

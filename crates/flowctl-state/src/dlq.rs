@@ -139,6 +139,17 @@ pub struct ExpireDlq {
 
 pub(crate) fn index(state: &mut State, c: &IndexDlq) -> (Outcome, Vec<Touched>) {
     let key = offset_key(&c.topic, c.partition);
+    // An offset never moves back: records before it would be indexed again, and entries
+    // already expired or dropped would come back.
+    if c.next < 0 || c.from.is_some_and(|from| c.next < from) {
+        return (
+            Outcome::Rejected(Rejection::Invalid(format!(
+                "DLQ {key}: next offset {} is behind the batch's start {:?}",
+                c.next, c.from
+            ))),
+            vec![],
+        );
+    }
     let stored = state.dlq.offsets.get(&key).copied();
     if stored != c.from {
         return (

@@ -18,6 +18,52 @@ pub struct Placement {
     pub instances: BTreeMap<String, NodeId>,
     /// Log index of the last change.
     pub revision: u64,
+    /// Each instance's epoch: the log index of the placement that put it on its current node.
+    /// The supervisor passes it to the instance (`FLOWCTL_EPOCH`), and reports that carry an
+    /// older epoch (from a copy left on a node the instance moved away from) are refused.
+    /// Empty in placements written before epochs existed: nothing is fenced by epoch there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub epochs: BTreeMap<String, u64>,
+}
+
+impl Placement {
+    /// The epoch of the instance with this key, if it is placed and has one.
+    pub fn epoch(&self, key: &str) -> Option<u64> {
+        self.epochs.get(key).copied()
+    }
+
+    /// The instance key (`component/replica`) of the instance whose component id is `id`
+    /// (`component` for a single replica, `component-replica` otherwise; see
+    /// `flowctl_spec::instance_id`), found from the placed keys alone.
+    pub fn key_of_instance_id(&self, id: &str) -> Option<&str> {
+        let mut replicas: BTreeMap<&str, u32> = BTreeMap::new();
+        for key in self.instances.keys() {
+            if let Some((component, _)) = key.rsplit_once('/') {
+                *replicas.entry(component).or_default() += 1;
+            }
+        }
+        self.instances.keys().map(String::as_str).find(|key| {
+            let Some((component, replica)) = key.rsplit_once('/') else {
+                return false;
+            };
+            if replicas.get(component).copied().unwrap_or(0) > 1 {
+                id.strip_prefix(component)
+                    .and_then(|r| r.strip_prefix('-'))
+                    .is_some_and(|r| r == replica)
+            } else {
+                id == component
+            }
+        })
+    }
+
+    /// Whether a report that carries `epoch` for instance `key` comes from an older placement
+    /// of it than the current one (`false` where either side has no epoch).
+    pub fn fences(&self, key: &str, epoch: Option<u64>) -> bool {
+        match (self.epoch(key), epoch) {
+            (Some(current), Some(theirs)) => theirs < current,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,18 +96,28 @@ pub(crate) fn set(state: &mut State, index: u64, c: &SetPlacement) -> (Outcome, 
             )
         }
     }
+    let old = state.placements.get(&c.pipeline);
+    if old.is_some_and(|old| old.generation == c.generation && old.instances == c.instances) {
+        return (Outcome::PlacementUnchanged, vec![]);
+    }
+    // An instance that stays on its node keeps its epoch; one that moves (or is new) gets
+    // this entry's index.
+    let epochs = c
+        .instances
+        .iter()
+        .map(|(key, node)| {
+            let kept = old
+                .filter(|old| old.instances.get(key) == Some(node))
+                .and_then(|old| old.epoch(key));
+            (key.clone(), kept.unwrap_or(index))
+        })
+        .collect();
     let new = Placement {
         generation: c.generation,
         instances: c.instances.clone(),
         revision: index,
+        epochs,
     };
-    if state
-        .placements
-        .get(&c.pipeline)
-        .is_some_and(|old| old.generation == new.generation && old.instances == new.instances)
-    {
-        return (Outcome::PlacementUnchanged, vec![]);
-    }
     state.placements.insert(c.pipeline.clone(), new);
     (
         Outcome::PlacementSet {
@@ -128,5 +184,71 @@ mod tests {
         );
         assert!(s.placements.is_empty());
         assert!(touched.contains(&Touched::Placement("p".into())));
+    }
+
+    fn place_many(generation: u64, instances: &[(&str, u64)]) -> Command {
+        Command::SetPlacement(SetPlacement {
+            pipeline: "p".into(),
+            generation,
+            instances: instances
+                .iter()
+                .map(|(k, n)| ((*k).to_owned(), NodeId(*n)))
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn an_instance_keeps_its_epoch_on_its_node_and_gets_a_new_one_when_it_moves() {
+        let mut s = State::default();
+        apply(&mut s, 2, &pipeline("{}"));
+        apply(&mut s, 3, &place_many(1, &[("a/0", 1), ("b/0", 2)]));
+        let p = &s.placements["p"];
+        assert_eq!((p.epoch("a/0"), p.epoch("b/0")), (Some(3), Some(3)));
+        // b moves to node 3; a stays; a new generation keeps a's epoch too.
+        apply(&mut s, 4, &pipeline("{\"v\":2}"));
+        apply(&mut s, 5, &place_many(2, &[("a/0", 1), ("b/0", 3)]));
+        let p = &s.placements["p"];
+        assert_eq!((p.epoch("a/0"), p.epoch("b/0")), (Some(3), Some(5)));
+        assert!(p.fences("b/0", Some(3)), "the copy left on node 2");
+        assert!(!p.fences("b/0", Some(5)));
+        assert!(!p.fences("b/0", None), "no epoch given: not fenced");
+        // Back to node 2: a new epoch, so the copy that ran there before is still fenced.
+        apply(&mut s, 6, &place_many(2, &[("a/0", 1), ("b/0", 2)]));
+        assert_eq!(s.placements["p"].epoch("b/0"), Some(6));
+        assert!(s.placements["p"].fences("b/0", Some(3)));
+    }
+
+    #[test]
+    fn a_legacy_placement_without_epochs_fences_nothing() {
+        let p = Placement {
+            generation: 1,
+            instances: [("a/0".to_owned(), NodeId(1))].into(),
+            revision: 3,
+            epochs: BTreeMap::new(),
+        };
+        assert!(!p.fences("a/0", Some(1)));
+    }
+
+    #[test]
+    fn instance_ids_map_back_to_their_keys() {
+        let p = Placement {
+            generation: 1,
+            instances: [
+                ("src/0".to_owned(), NodeId(1)),
+                ("proc/0".to_owned(), NodeId(1)),
+                ("proc/1".to_owned(), NodeId(2)),
+                ("proc-x/0".to_owned(), NodeId(2)),
+            ]
+            .into(),
+            revision: 3,
+            epochs: BTreeMap::new(),
+        };
+        assert_eq!(p.key_of_instance_id("src"), Some("src/0"));
+        assert_eq!(p.key_of_instance_id("proc-1"), Some("proc/1"));
+        assert_eq!(p.key_of_instance_id("proc-0"), Some("proc/0"));
+        assert_eq!(p.key_of_instance_id("proc-x"), Some("proc-x/0"));
+        assert_eq!(p.key_of_instance_id("proc"), None);
+        assert_eq!(p.key_of_instance_id("proc-2"), None);
+        assert_eq!(p.key_of_instance_id("src-0"), None);
     }
 }

@@ -231,6 +231,10 @@ pub struct ReportChunk {
     pub instance: String,
     pub progress: ChunkProgress,
     pub at_ms: u64,
+    /// The reporting instance's placement epoch (`FLOWCTL_EPOCH`), where it has one; a report
+    /// from an older epoch than the instance's current placement is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// Takes in-flight chunks back (their instance is gone, or never started them).
@@ -346,13 +350,20 @@ pub(crate) fn assign(state: &mut State, c: &AssignChunks) -> (Outcome, Vec<Touch
     };
     let mut changed = Vec::new();
     let mut touched = Vec::new();
+    // The orchestrator keeps to max_parallel; apply keeps to it too, whoever proposed.
+    let mut in_flight = chunks.values().filter(|c| c.state.in_flight()).count();
+    let max_parallel = job.max_parallel.max(1) as usize;
     for (index, instance) in &c.assignments {
+        if in_flight >= max_parallel {
+            break;
+        }
         let Some(ch) = chunks.get_mut(index) else {
             continue;
         };
         if ch.state != ChunkState::Planned || ch.not_before_ms > c.at_ms {
             continue;
         }
+        in_flight += 1;
         // The attempt number fences reports, so it must never wrap or repeat; a chunk that
         // has used every number is not handed out again.
         let Some(attempt) = ch.attempt.checked_add(1) else {
@@ -398,8 +409,16 @@ pub(crate) fn report(state: &mut State, c: &ReportChunk) -> (Outcome, Vec<Touche
     let Some(ch) = chunks.get_mut(&c.chunk) else {
         return invalid(format!("job {} has no chunk {}", c.job, c.chunk));
     };
-    // Only the current attempt of an in-flight chunk, from the instance it was given to.
+    // Only the current attempt of an in-flight chunk, from the instance it was given to, and
+    // from that instance's current placement (not a copy left on a node it moved away from).
     if ch.attempt != c.attempt || !ch.state.in_flight() || ch.instance != c.instance {
+        return (Outcome::ChunkReport { accepted: false }, vec![]);
+    }
+    let fenced = state.placements.get(&job.pipeline).is_some_and(|p| {
+        p.key_of_instance_id(&c.instance)
+            .is_some_and(|key| p.fences(key, c.epoch))
+    });
+    if fenced {
         return (Outcome::ChunkReport { accepted: false }, vec![]);
     }
     match &c.progress {
@@ -519,7 +538,7 @@ pub(crate) fn pipeline_deleted(state: &mut State, pipeline: &str) -> Vec<Touched
 mod tests {
     use super::*;
     use crate::pipelines::ApplyPipeline;
-    use crate::{apply, Command, PipelineId};
+    use crate::{apply, Command, NodeId, PipelineId};
 
     fn setup(max_attempts: u32) -> State {
         let mut s = State::default();
@@ -581,6 +600,7 @@ mod tests {
             instance: instance.into(),
             progress,
             at_ms: 10,
+            epoch: None,
         })
     }
 
@@ -641,6 +661,44 @@ mod tests {
         }
         assert_eq!(s.replays.jobs["rj-1"].state, JobState::Failed);
         assert_eq!(s.replays.jobs["rj-1"].records, 192);
+    }
+
+    #[test]
+    fn a_report_from_an_older_placement_of_the_instance_is_refused() {
+        use crate::placements::SetPlacement;
+        let mut s = setup(2);
+        let place = |node: u64| {
+            Command::SetPlacement(SetPlacement {
+                pipeline: "p".into(),
+                generation: 1,
+                instances: [
+                    ("src/0".to_owned(), NodeId(1)),
+                    ("src/1".to_owned(), NodeId(node)),
+                ]
+                .into(),
+            })
+        };
+        apply(&mut s, 3, &place(1));
+        apply(&mut s, 4, &assign_cmd(0, "src-1", 5));
+        // src/1 moves to node 2 at index 5: the copy started at epoch 3 is fenced.
+        apply(&mut s, 5, &place(2));
+        let with_epoch = |epoch| match report_cmd(0, 1, "src-1", ChunkProgress::Running) {
+            Command::ReportChunk(r) => Command::ReportChunk(ReportChunk {
+                epoch: Some(epoch),
+                ..r
+            }),
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            apply(&mut s, 6, &with_epoch(3)).0,
+            Outcome::ChunkReport { accepted: false }
+        );
+        assert_eq!(s.replays.chunks["rj-1"][&0].state, ChunkState::Assigned);
+        assert_eq!(
+            apply(&mut s, 7, &with_epoch(5)).0,
+            Outcome::ChunkReport { accepted: true }
+        );
+        assert_eq!(s.replays.chunks["rj-1"][&0].state, ChunkState::Running);
     }
 
     #[test]

@@ -11,6 +11,18 @@ use crate::{Outcome, Rejection, State, Touched};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// The compatibility mode names apply accepts (`flowctl_schema::CompatibilityMode`'s names;
+/// a test in `flowctl-server` keeps the two lists equal).
+pub const COMPATIBILITY_MODES: [&str; 7] = [
+    "NONE",
+    "BACKWARD",
+    "BACKWARD_TRANSITIVE",
+    "FORWARD",
+    "FORWARD_TRANSITIVE",
+    "FULL",
+    "FULL_TRANSITIVE",
+];
+
 /// The mode used where neither the subject nor the registry sets one.
 pub const DEFAULT_COMPATIBILITY: &str = "BACKWARD";
 
@@ -38,7 +50,9 @@ pub struct RegistryMeta {
 pub struct Subject {
     pub name: String,
     pub package: String,
-    /// Oldest first; version numbers are never reused, even after a permanent delete.
+    /// Oldest first. Version numbers are never reused while the subject exists, even after a
+    /// permanent delete of some versions; a permanent delete of its last version removes the
+    /// subject, and a later push of it starts again at version 1. Schema ids are never reused.
     pub versions: Vec<SubjectVersion>,
     /// The subject's own mode, overriding the registry's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -179,6 +193,15 @@ pub(crate) fn push(state: &mut State, c: &PushSchemas) -> (Outcome, Vec<Touched>
     reg.reindex();
     // Preconditions first: all or nothing.
     for s in &c.subjects {
+        if !COMPATIBILITY_MODES.contains(&s.expect_mode.as_str()) {
+            return (
+                Outcome::Rejected(Rejection::Invalid(format!(
+                    "unknown compatibility mode {:?} for {}",
+                    s.expect_mode, s.subject
+                ))),
+                vec![],
+            );
+        }
         let latest = reg
             .subjects
             .get(&s.subject)
@@ -269,6 +292,19 @@ pub(crate) fn set_compatibility(
     state: &mut State,
     c: &SetCompatibility,
 ) -> (Outcome, Vec<Touched>) {
+    if let Some(mode) = c
+        .mode
+        .as_deref()
+        .filter(|m| !COMPATIBILITY_MODES.contains(m))
+    {
+        return (
+            Outcome::Rejected(Rejection::Invalid(format!(
+                "unknown compatibility mode {mode:?}; expected one of {}",
+                COMPATIBILITY_MODES.join(", ")
+            ))),
+            vec![],
+        );
+    }
     let reg = &mut state.schemas;
     match &c.subject {
         None => {

@@ -482,6 +482,7 @@ fn report_chunk(progress: ChunkProgress) -> Command {
         instance: "stellar-source-0".into(),
         progress,
         at_ms: AT,
+        epoch: None,
     })
 }
 
