@@ -151,6 +151,8 @@ async fn run_indexer(
     cancel: CancellationToken,
 ) {
     let mut tasks: HashMap<DlqSource, CancellationToken> = HashMap::new();
+    // The per-topic indexers: this loop owns them and waits for them when it stops.
+    let children = tokio_util::task::TaskTracker::new();
     let mut known = Known::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,12 +180,14 @@ async fn run_indexer(
             }
             let stop = cancel.child_token();
             tasks.insert(src.clone(), stop.clone());
-            tokio::spawn(index_topic(node.clone(), src, stop));
+            children.spawn(index_topic(node.clone(), src, stop));
         }
     }
     for stop in tasks.values() {
         stop.cancel();
     }
+    children.close();
+    children.wait().await;
 }
 
 /// Indexes one DLQ topic while this node leads, restarting from the replicated offsets after

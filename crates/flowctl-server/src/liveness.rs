@@ -351,13 +351,15 @@ async fn run_actor(
     let mut seen: HashMap<ComponentId, Observed> = HashMap::new();
     let mut leader_since: Option<u64> = None;
     let in_flight: Arc<Mutex<HashSet<Transition>>> = Arc::default();
+    // The transitions' proposals: this actor owns them and waits for them when it stops.
+    let proposals = tokio_util::task::TaskTracker::new();
     let mut tick = tokio::time::interval(opts.sweep);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => break,
             msg = rx.recv() => match msg {
-                None => return,
+                None => break,
                 Some(Msg::Beats(beats)) => {
                     let now = (opts.clock)();
                     let mono = (opts.mono)();
@@ -403,11 +405,13 @@ async fn run_actor(
                     decide(&s.components, &live, &mut seen, mono, since, ttl_ms, expiry_ms)
                 });
                 for t in due {
-                    propose_transition(&node, t, now, &in_flight);
+                    propose_transition(&node, t, now, &in_flight, &proposals);
                 }
             }
         }
     }
+    proposals.close();
+    proposals.wait().await;
 }
 
 /// Proposes one transition unless the same one is already in flight.
@@ -416,6 +420,7 @@ fn propose_transition(
     t: Transition,
     now: u64,
     in_flight: &Arc<Mutex<HashSet<Transition>>>,
+    proposals: &tokio_util::task::TaskTracker,
 ) {
     if !in_flight
         .lock()
@@ -443,7 +448,7 @@ fn propose_transition(
     let node = node.clone();
     let in_flight = in_flight.clone();
     // Bounded by the number of registered components (one in flight per transition).
-    tokio::spawn(async move {
+    proposals.spawn(async move {
         match node.propose(cmd).await {
             Ok(_) => {
                 tracing::info!(transition = ?t, "component liveness transition");
