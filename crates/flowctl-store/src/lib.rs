@@ -6,6 +6,8 @@
 //!   cf "raft"      "vote" | "committed" | "purged"
 //!   cf "sm"        "p/<pipeline name>" | "r/<node id>"  -> v1 record
 //!   cf "sm_meta"   "applied" | "membership" | "snapshot"
+//!                  | "installing"            -> an install past its point of no return
+//!                  | "staged/<sm key>"       -> a record of a snapshot being installed
 //! ```
 //!
 //! Invariants:
@@ -17,6 +19,9 @@
 //!   applied log id together, so a crash never leaves them out of step. They are not fsynced:
 //!   the synced log replays them. Before a snapshot lets the log be purged, the WAL is synced.
 //! - Every value carries a version byte (`flowctl_state::codec`).
+//! - Snapshots are streamed record by record, both ways (format: `snapshot_file`): a build
+//!   reads a RocksDB point-in-time view, an install stages the records and replaces `sm` with
+//!   them only once they have all been checked (see `sm_store`).
 //!
 //! The in-memory [`flowctl_state::State`] mirrors the `sm` column family; reads are served from
 //! it through [`StateReader`].
@@ -27,6 +32,7 @@
 
 mod log_store;
 mod sm_store;
+mod snapshot_file;
 
 pub use log_store::LogStore;
 pub use sm_store::{AppliedState, StateMachineStore, StateReader};

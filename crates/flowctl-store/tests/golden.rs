@@ -11,6 +11,11 @@
 //! written by earlier releases stop loading: add a new codec version instead of editing the
 //! golden file. `GOLDEN_REWRITE=1 cargo test -p flowctl-store --test golden` rewrites it.
 //!
+//! The snapshot file is pinned in the current (streaming) format in `records.txt`, and in the
+//! format of earlier releases (one JSON document) in `snapshot-v1.txt`, which is never
+//! rewritten; both must install: the current one to the state the log made, format 1 to the
+//! state `codec::decode_state` reads from it (fields added since then have their defaults).
+//!
 //! Coverage: every `Touched` variant must be touched by the log (an exhaustive `match` names
 //! each variant's key prefix, so a new variant does not compile until it has one), and every
 //! key in the `sm` column family must have one of those prefixes. The store does not export
@@ -39,6 +44,10 @@ use std::path::Path;
 
 const REWRITE_VAR: &str = "GOLDEN_REWRITE";
 const GOLDEN: &str = "tests/golden/records.txt";
+/// The snapshot file the same log gave in the format before the streaming one (one
+/// `codec::encode_state` document), in the golden file's text form. Kept, not rewritten: this
+/// release must still install what the previous one sends.
+const GOLDEN_V1_SNAPSHOT: &str = "tests/golden/snapshot-v1.txt";
 /// The pseudo column family of files in the snapshot directory.
 const SNAPSHOT_FILES: &str = "snapshot-file";
 
@@ -602,6 +611,46 @@ async fn every_record_kind_has_golden_bytes_and_the_golden_records_load() {
     let entries = log_store.try_get_log_entries(0..u64::MAX).await.unwrap();
     let want: Vec<Entry> = log().into_iter().skip(PURGED as usize).collect();
     assert_eq!(entries, want);
+
+    // The golden snapshot files install into an empty store and give what the log made: the
+    // streaming format this release writes, and the JSON document of the releases before it.
+    let current = golden
+        .iter()
+        .find(|((cf, _), _)| cf == SNAPSHOT_FILES)
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert!(current.starts_with(b"FLOWSNAP\x02\x00\x00\x00"));
+    let v1_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN_V1_SNAPSHOT);
+    let v1 = parse(&std::fs::read_to_string(&v1_path).unwrap());
+    assert_eq!(v1.len(), 1, "{GOLDEN_V1_SNAPSHOT} holds one snapshot file");
+    let ((cf, name), v1) = v1.into_iter().next().unwrap();
+    assert_eq!(cf, SNAPSHOT_FILES);
+    assert_eq!(
+        String::from_utf8(name).unwrap(),
+        format!("{}.snap", expected.snapshot.snapshot_id)
+    );
+    assert!(v1.starts_with(b"\x01{"));
+    // Format 1 installs as that release decoded it (`decode_state`): a field added to a
+    // record since then has its default, where the log gives it a value.
+    let v1_state = flowctl_state::codec::decode_state(&v1).unwrap();
+    for (what, bytes, state) in [
+        ("the current format", current, &expected.state),
+        ("format 1", v1, &v1_state),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm) = open(dir.path(), StoreOptions::default()).unwrap();
+        let mut incoming = sm.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut *incoming, &bytes)
+            .await
+            .unwrap();
+        sm.install_snapshot(&expected.snapshot, incoming)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(sm.reader().read(|s, _| s.clone()), *state, "{what}");
+        let (applied, membership) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, expected.applied, "{what}");
+        assert_eq!(membership, expected.membership, "{what}");
+    }
 }
 
 #[test]

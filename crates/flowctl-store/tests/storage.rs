@@ -57,11 +57,105 @@ async fn snapshot_bytes(sm: &mut StateMachineStore) -> (flowctl_store::SnapshotM
 
 /// Installs a snapshot's bytes into `dst`, as a follower receives it.
 async fn install(dst: &mut StateMachineStore, meta: &flowctl_store::SnapshotMeta, bytes: &[u8]) {
+    try_install(dst, meta, bytes).await.unwrap();
+}
+
+async fn try_install(
+    dst: &mut StateMachineStore,
+    meta: &flowctl_store::SnapshotMeta,
+    bytes: &[u8],
+) -> Result<(), StorageError<u64>> {
     let mut incoming = dst.begin_receiving_snapshot().await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut *incoming, bytes)
         .await
         .unwrap();
-    dst.install_snapshot(meta, incoming).await.unwrap();
+    dst.install_snapshot(meta, incoming).await
+}
+
+fn membership(index: u64, voters: &[u64]) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Membership(openraft::Membership::new(
+            vec![voters.iter().copied().collect()],
+            voters
+                .iter()
+                .map(|&n| {
+                    (
+                        n,
+                        flowctl_store::Member::new(format!("10.0.0.{n}:8080"), ""),
+                    )
+                })
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        )),
+    }
+}
+
+/// Everything a node's state machine shows: the state, what it has applied, the current
+/// snapshot's meta.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    state: flowctl_state::State,
+    applied: Option<openraft::LogId<u64>>,
+    membership: flowctl_store::StoredMembership,
+    snapshot: Option<flowctl_store::SnapshotMeta>,
+}
+
+async fn seen(sm: &mut StateMachineStore) -> Seen {
+    let (applied, membership) = sm.applied_state().await.unwrap();
+    Seen {
+        state: sm.reader().read(|s, _| s.clone()),
+        applied,
+        membership,
+        snapshot: sm.get_current_snapshot().await.unwrap().map(|s| s.meta),
+    }
+}
+
+/// The `sm_meta` keys of the store under `dir` (closed), to check that nothing staged is left.
+fn sm_meta_keys(dir: &std::path::Path) -> Vec<String> {
+    let db_path = dir.join("rocksdb");
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &db_path).unwrap();
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &db_path, &cfs).unwrap();
+    db.iterator_cf(
+        db.cf_handle("sm_meta").unwrap(),
+        rocksdb::IteratorMode::Start,
+    )
+    .map(|item| String::from_utf8_lossy(&item.unwrap().0).into_owned())
+    .collect()
+}
+
+/// A source store with pipelines, a membership and a token, and a built snapshot of it.
+async fn source_snapshot(
+    dir: &std::path::Path,
+) -> (StateMachineStore, flowctl_store::SnapshotMeta, Vec<u8>) {
+    let (_log, mut src) = open(dir, StoreOptions::default()).unwrap();
+    let mut entries = vec![membership(1, &[1, 2, 3])];
+    entries.extend((2..=6).map(|i| normal(2, i, &format!("src{i}"), &format!("{i}"))));
+    entries.push(Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(2, 1), 7),
+        payload: EntryPayload::Normal(Command::CreateToken(flowctl_state::auth::CreateToken {
+            token: flowctl_state::auth::TokenRecord {
+                name: "ci".into(),
+                role: flowctl_state::auth::Role::Agent,
+                hash: "b".repeat(64),
+                created_ms: 9,
+                expires_ms: Some(99),
+            },
+        })),
+    });
+    src.apply(entries).await.unwrap();
+    let (meta, bytes) = snapshot_bytes(&mut src).await;
+    (src, meta, bytes)
+}
+
+/// A target store with a state of its own (other pipelines, another membership) and a current
+/// snapshot of it.
+async fn target(dir: &std::path::Path) -> (LogStore, StateMachineStore) {
+    let (log, mut dst) = open(dir, StoreOptions::default()).unwrap();
+    let mut entries = vec![membership(1, &[7])];
+    entries.extend((2..=4).map(|i| normal(1, i, &format!("dst{i}"), "{}")));
+    dst.apply(entries).await.unwrap();
+    snapshot_bytes(&mut dst).await;
+    (log, dst)
 }
 
 #[tokio::test]
@@ -431,8 +525,13 @@ async fn every_record_kind_survives_reopen_and_snapshot_install() {
         let (_l, mut dst) = open(dst_dir.path(), StoreOptions::default()).unwrap();
         install(&mut dst, &meta, &bytes).await;
     }
-    let (_l, dst) = open(dst_dir.path(), StoreOptions::default()).unwrap();
+    let (_l, mut dst) = open(dst_dir.path(), StoreOptions::default()).unwrap();
     assert_eq!(dst.reader().read(|s, _| s.clone()), expected);
+    assert_eq!(
+        dst.applied_state().await.unwrap(),
+        sm.applied_state().await.unwrap()
+    );
+    assert_eq!(dst.applied_state().await.unwrap().0, meta.last_log_id);
 }
 
 #[tokio::test]
@@ -483,4 +582,220 @@ async fn a_snapshot_over_the_size_limit_is_refused_before_it_is_read() {
     assert!(e.to_string().contains("byte limit"), "{e}");
     let names = dst.reader().read(|s, _| s.pipelines.len());
     assert_eq!(names, 0, "nothing of the refused snapshot was installed");
+
+    // A store with a state of its own keeps it.
+    let (_l, mut dst) = target(&dir.path().join("dst2")).await;
+    let before = seen(&mut dst).await;
+    let incoming = dst.begin_receiving_snapshot().await.unwrap();
+    incoming
+        .set_len(flowctl_store::MAX_SNAPSHOT_BYTES + 1)
+        .await
+        .unwrap();
+    let e = dst.install_snapshot(&meta, incoming).await.unwrap_err();
+    assert!(e.to_string().contains("byte limit"), "{e}");
+    assert_eq!(seen(&mut dst).await, before);
+}
+
+/// A snapshot is installed into a store that has a state of its own: the store ends up with
+/// exactly the source's state, applied log id and membership, now and after a reopen, and
+/// serves the snapshot it received.
+#[tokio::test]
+async fn a_built_snapshot_installs_with_its_state_applied_log_id_and_membership() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut src, meta, bytes) = source_snapshot(&dir.path().join("src")).await;
+    assert!(bytes.starts_with(b"FLOWSNAP"), "the streaming format");
+    assert_eq!(meta.last_log_id.unwrap().index, 7);
+    let want = seen(&mut src).await;
+    assert_eq!(want.state.pipelines.len(), 5);
+    assert_eq!(want.membership.log_id().unwrap().index, 1);
+    let dst_dir = dir.path().join("dst");
+    {
+        let (_l, mut dst) = target(&dst_dir).await;
+        install(&mut dst, &meta, &bytes).await;
+        assert_eq!(seen(&mut dst).await, want);
+        let mut served = Vec::new();
+        let mut current = dst.get_current_snapshot().await.unwrap().unwrap();
+        current.snapshot.read_to_end(&mut served).await.unwrap();
+        assert_eq!(
+            served, bytes,
+            "the installed snapshot is served as received"
+        );
+    }
+    assert!(
+        !sm_meta_keys(&dst_dir)
+            .iter()
+            .any(|k| k.starts_with("staged/") || k == "installing"),
+        "nothing of the install is left behind: {:?}",
+        sm_meta_keys(&dst_dir)
+    );
+    let (_l, mut dst) = open(&dst_dir, StoreOptions::default()).unwrap();
+    assert_eq!(seen(&mut dst).await, want);
+}
+
+/// Truncated, bit-flipped, oversized and mislabelled snapshots are each refused with an
+/// error, and the target keeps its state, applied log id, membership and current snapshot,
+/// in memory and on disk.
+#[tokio::test]
+async fn corrupt_snapshots_are_refused_and_leave_the_state_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, meta, bytes) = source_snapshot(&dir.path().join("src")).await;
+    let dst_dir = dir.path().join("dst");
+    let (log, mut dst) = target(&dst_dir).await;
+    let before = seen(&mut dst).await;
+    assert_ne!(before.state, src.reader().read(|s, _| s.clone()));
+
+    let mut refused = 0;
+    let mut refuse = async |bad: Vec<u8>, meta: &flowctl_store::SnapshotMeta, why: &str| {
+        let e = try_install(&mut dst, meta, &bad)
+            .await
+            .expect_err(why)
+            .to_string();
+        assert_eq!(seen(&mut dst).await, before, "{why}: {e}");
+        refused += 1;
+        e
+    };
+
+    // Truncated anywhere, down to empty.
+    let mut cuts: Vec<usize> = (0..40).collect();
+    cuts.extend((40..bytes.len()).step_by(97));
+    cuts.extend(bytes.len() - 13..bytes.len());
+    for len in cuts {
+        let e = refuse(bytes[..len].to_vec(), &meta, &format!("truncated to {len}")).await;
+        assert!(
+            e.contains("truncated") || e.contains("past the end") || e.contains("empty"),
+            "truncated to {len}: {e}"
+        );
+    }
+    // A flipped byte anywhere: header, meta, lengths, keys, values, count, checksum.
+    let mut flips: Vec<usize> = (0..64).collect();
+    flips.extend((64..bytes.len()).step_by(31));
+    flips.extend(bytes.len() - 12..bytes.len());
+    for i in flips {
+        let mut bad = bytes.clone();
+        bad[i] ^= 0xff;
+        refuse(bad, &meta, &format!("byte {i} flipped")).await;
+    }
+    // A record length prefix over the record limit, and one past the end of the file. The
+    // first record follows the magic, the version and the two length-prefixed meta values.
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let first = {
+        let applied = 12;
+        let membership = applied + 4 + u32_at(applied);
+        membership + 4 + u32_at(membership)
+    };
+    assert_eq!(bytes[first], b'R');
+    for (at, len, says) in [
+        (first + 5, u32::MAX, "larger than"),
+        (first + 5, 64 * 1024 * 1024 + 1, "larger than"),
+        (first + 1, 64 * 1024 + 1, "larger than"),
+        (first + 5, 1 << 20, "past the end"),
+    ] {
+        let mut bad = bytes.clone();
+        bad[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        let e = refuse(bad, &meta, &format!("length {len} at {at}")).await;
+        assert!(e.contains(says), "length {len} at {at}: {e}");
+    }
+    // Intact, but not the snapshot the meta names.
+    let mut other = meta.clone();
+    other.last_log_id = Some(LogId::new(openraft::CommittedLeaderId::new(2, 1), 6));
+    let e = refuse(bytes.clone(), &other, "another log id").await;
+    assert!(e.contains("meta says"), "{e}");
+    let mut other = meta.clone();
+    other.last_membership = before.membership.clone();
+    refuse(bytes.clone(), &other, "another membership").await;
+    // Neither format, and an old-format document that does not decode.
+    refuse(b"garbage".to_vec(), &meta, "garbage").await;
+    refuse(b"\x01{\"pipelines\":".to_vec(), &meta, "truncated JSON").await;
+    refuse(
+        b"\x01{} trailing".to_vec(),
+        &meta,
+        "JSON with trailing bytes",
+    )
+    .await;
+    assert!(refused > 100, "{refused}");
+
+    // The refused installs left nothing on disk either: a reopened store has the old state.
+    drop((log, dst));
+    let keys = sm_meta_keys(&dst_dir);
+    assert_eq!(keys, ["applied", "membership", "snapshot"], "{keys:?}");
+    let (_l, mut dst) = open(&dst_dir, StoreOptions::default()).unwrap();
+    assert_eq!(seen(&mut dst).await, before);
+    // And the snapshot it was refused still installs.
+    install(&mut dst, &meta, &bytes).await;
+    assert_eq!(dst.reader().read(|s, _| s.pipelines.len()), 5);
+}
+
+/// A snapshot from a release before the streaming format (one `codec::encode_state` JSON
+/// document) still installs, and is served on as received.
+#[tokio::test]
+async fn an_old_format_json_snapshot_installs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut src, meta, _) = source_snapshot(&dir.path().join("src")).await;
+    let want = seen(&mut src).await;
+    let json = flowctl_state::codec::encode_state(&want.state).unwrap();
+    assert_eq!(&json[..2], b"\x01{");
+    let dst_dir = dir.path().join("dst");
+    {
+        let (_l, mut dst) = target(&dst_dir).await;
+        install(&mut dst, &meta, &json).await;
+        assert_eq!(seen(&mut dst).await, want);
+        let mut served = Vec::new();
+        let mut current = dst.get_current_snapshot().await.unwrap().unwrap();
+        current.snapshot.read_to_end(&mut served).await.unwrap();
+        assert_eq!(served, json);
+    }
+    let (_l, mut dst) = open(&dst_dir, StoreOptions::default()).unwrap();
+    assert_eq!(seen(&mut dst).await, want);
+    // A snapshot this node builds from it is in the new format, and installs the same state.
+    let (meta2, bytes2) = snapshot_bytes(&mut dst).await;
+    assert!(bytes2.starts_with(b"FLOWSNAP"));
+    let (_l, mut again) = target(&dir.path().join("again")).await;
+    install(&mut again, &meta2, &bytes2).await;
+    assert_eq!(again.reader().read(|s, _| s.clone()), want.state);
+}
+
+/// A build holds the state of the moment its builder was taken: applies after that are not in
+/// its records, and its meta names that moment, not a later one.
+#[tokio::test]
+async fn a_build_started_before_further_applies_is_of_the_state_when_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open(&dir.path().join("src"), StoreOptions::default()).unwrap();
+    let mut entries = vec![membership(1, &[1])];
+    entries.extend((2..=5).map(|i| normal(1, i, &format!("p{i}"), "old")));
+    sm.apply(entries).await.unwrap();
+    let at_start = seen(&mut sm).await;
+    let mut builder = sm.get_snapshot_builder().await;
+    // More applies: new pipelines, changed ones, a new membership.
+    let mut later: Vec<_> = (6..=9)
+        .map(|i| normal(1, i, &format!("p{}", i - 3), "new"))
+        .collect();
+    later.push(membership(10, &[1, 2]));
+    later.extend((11..=12).map(|i| normal(1, i, &format!("q{i}"), "new")));
+    sm.apply(later).await.unwrap();
+    let now = seen(&mut sm).await;
+    assert_ne!(now.state, at_start.state);
+
+    let mut snap = builder.build_snapshot().await.unwrap();
+    assert_eq!(snap.meta.last_log_id, at_start.applied);
+    assert_eq!(snap.meta.last_membership, at_start.membership);
+    assert_eq!(snap.meta.last_log_id.unwrap().index, 5);
+    let mut bytes = Vec::new();
+    snap.snapshot.read_to_end(&mut bytes).await.unwrap();
+    // It is recorded as current (nothing newer is), and the store itself is unchanged.
+    assert_eq!(
+        sm.get_current_snapshot().await.unwrap().unwrap().meta,
+        snap.meta
+    );
+    assert_eq!(sm.reader().read(|s, _| s.clone()), now.state);
+    // A builder builds once.
+    assert!(builder.build_snapshot().await.is_err());
+
+    let (_l, mut dst) = open(&dir.path().join("dst"), StoreOptions::default()).unwrap();
+    install(&mut dst, &snap.meta, &bytes).await;
+    let installed = seen(&mut dst).await;
+    assert_eq!(installed.state, at_start.state);
+    assert_eq!(installed.applied, at_start.applied);
+    assert_eq!(installed.membership, at_start.membership);
+    // A builder dropped unused releases its view and builds nothing.
+    drop(sm.get_snapshot_builder().await);
 }
