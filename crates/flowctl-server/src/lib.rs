@@ -25,6 +25,7 @@ pub mod components;
 pub mod config;
 pub mod deploy;
 pub mod dlq;
+pub mod docker;
 pub mod errors;
 mod grpc_metrics;
 mod http;
