@@ -24,14 +24,19 @@ pub mod graph;
 pub mod model;
 mod node;
 mod pipeline;
+mod quantity;
 mod schema;
 mod validate;
 
 pub use model::{
-    instance_id, Bus, Component, ComponentId, ComponentKind, Driver, Metadata, PipelineManifest,
-    PipelineSpec, RestartPolicy,
+    instance_id, Bus, Component, ComponentId, ComponentKind, DockerSettings, Driver, Metadata,
+    PipelineManifest, PipelineSpec, PullPolicy, Resources, RestartPolicy,
 };
-pub use pipeline::{component_changes, dlq_topic_name, topic_name, Edge, ValidatedPipeline};
+pub use pipeline::{
+    component_change_details, component_changes, dlq_topic_name, topic_name, ComponentChange, Edge,
+    ValidatedPipeline,
+};
+pub use quantity::{parse_cpu, parse_memory, MIN_DOCKER_CPU_MILLIS, MIN_MEMORY_BYTES};
 
 /// The component id that no component may have: `<prefix>.<pipeline>.dlq` is the
 /// pipeline's dead-letter topic.

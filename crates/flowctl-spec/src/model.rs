@@ -24,6 +24,17 @@ pub const DEFAULT_TOPIC_PREFIX: &str = "flowctl";
 /// The longest accepted `spec.bus.topic_prefix`: Kafka allows 249 characters in a topic name,
 /// and [`crate::topic_name`] adds two dots and two names of at most 63 characters each.
 pub const MAX_TOPIC_PREFIX_LEN: usize = 249 - 2 - 2 * crate::MAX_NAME_LEN;
+/// The pattern of `spec.docker.network`: a Docker network name.
+pub const DOCKER_NETWORK_PATTERN: &str = "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$";
+/// The longest accepted `spec.docker.network`.
+pub const MAX_DOCKER_NETWORK_LEN: usize = 64;
+/// The network containers join when `spec.docker.network` is not set: the host's, so that
+/// components reach the control plane and Kafka at the addresses the process driver uses.
+pub const DEFAULT_DOCKER_NETWORK: &str = "host";
+/// The pattern of a `resources.cpu` string (see [`crate::parse_cpu`]).
+pub const CPU_PATTERN: &str = r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$";
+/// The pattern of a `resources.memory` string (see [`crate::parse_memory`]).
+pub const MEMORY_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$";
 
 /// A component's id: unique within its pipeline, and a DNS label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema)]
@@ -94,10 +105,11 @@ impl fmt::Display for ComponentKind {
 #[serde(rename_all = "kebab-case")]
 pub enum Driver {
     /// Each instance is a local process started from `command`. No container runtime is
-    /// assumed, so `image` is not allowed.
+    /// assumed, so `image`, `image_pull_policy` and `resources` are not allowed.
     #[default]
     Process,
-    /// Each instance is a Docker container started from `image`.
+    /// Each instance is a Docker container started from `image`, on the network of
+    /// `spec.docker`.
     Docker,
     /// Each component is a Kubernetes workload started from `image`.
     Kubernetes,
@@ -146,6 +158,37 @@ impl RestartPolicy {
     }
 }
 
+/// When a container driver pulls a component's image (Kubernetes' names and meaning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
+pub enum PullPolicy {
+    /// Pull only when the node does not have the image.
+    #[default]
+    IfNotPresent,
+    /// Never pull: the image must already be on the node, else the instance fails to start.
+    Never,
+    /// Pull before every start, so a moved tag is picked up.
+    Always,
+}
+
+impl PullPolicy {
+    pub const ALL: [PullPolicy; 3] = [Self::IfNotPresent, Self::Never, Self::Always];
+
+    /// `IfNotPresent`, `Never` or `Always`, as written in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+            Self::Always => "Always",
+        }
+    }
+}
+
+impl fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A `flowctl/v1` Pipeline document.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -185,6 +228,9 @@ pub struct PipelineSpec {
     /// Kafka settings for the topics that connect the components.
     #[serde(default)]
     pub bus: Bus,
+    /// Settings of the `docker` driver (only with `driver: docker`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerSettings>,
     /// Components that produce events. At least one.
     #[schemars(length(min = 1))]
     pub sources: Vec<Component>,
@@ -222,6 +268,45 @@ pub struct Bus {
     pub replication_factor: Option<u16>,
 }
 
+impl PipelineSpec {
+    /// The network every container joins, when the driver is `docker`: `spec.docker.network`,
+    /// else [`DEFAULT_DOCKER_NETWORK`]. `None` with any other driver.
+    pub fn docker_network(&self) -> Option<&str> {
+        (self.driver == Driver::Docker).then(|| {
+            self.docker
+                .as_ref()
+                .map_or(DEFAULT_DOCKER_NETWORK, |d| d.network.as_str())
+        })
+    }
+}
+
+/// Settings of the `docker` driver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSettings {
+    /// The Docker network every container of the pipeline joins (`docker run --network`),
+    /// such as `host`, `bridge` or a user-defined network; it must exist on every node.
+    /// Default: `host`.
+    #[serde(default = "default_docker_network")]
+    #[schemars(
+        regex(pattern = DOCKER_NETWORK_PATTERN),
+        length(min = 1, max = MAX_DOCKER_NETWORK_LEN)
+    )]
+    pub network: String,
+}
+
+fn default_docker_network() -> String {
+    DEFAULT_DOCKER_NETWORK.to_owned()
+}
+
+impl Default for DockerSettings {
+    fn default() -> Self {
+        Self {
+            network: default_docker_network(),
+        }
+    }
+}
+
 fn default_topic_prefix() -> String {
     DEFAULT_TOPIC_PREFIX.to_owned()
 }
@@ -253,6 +338,10 @@ pub struct Component {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub image: Option<String>,
+    /// When to pull `image` (container drivers only): `IfNotPresent`, `Never` or `Always`.
+    /// Default: `IfNotPresent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
     /// Program and arguments to run (the `process` driver), such as `["ttp-processor"]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
@@ -289,6 +378,9 @@ pub struct Component {
     /// What to do when an instance exits. Default: `on-failure`.
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+    /// CPU and memory limits of each instance (container drivers only). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
 }
 
 fn default_replicas() -> u32 {
@@ -301,6 +393,11 @@ impl Component {
         instance_id(self.id.as_str(), replica, self.replicas)
     }
 
+    /// When to pull the image: `image_pull_policy`, else [`PullPolicy::IfNotPresent`].
+    pub fn pull_policy(&self) -> PullPolicy {
+        self.image_pull_policy.unwrap_or_default()
+    }
+
     /// The health port of instance `instance` (from 0) under the `process` driver, where all
     /// instances share one host: `health_port + instance`. `None` when no port is set or the
     /// instance does not exist.
@@ -310,6 +407,95 @@ impl Component {
         }
         let port = u32::from(self.health_port?) + instance;
         u16::try_from(port).ok()
+    }
+}
+
+/// CPU and memory limits of each instance of a component (container drivers only).
+// As written and as parsed. Only `validate_pipeline` and `Resources::new` build one, so the
+// quantities always parse: drivers read `cpu_millis()` and `memory_bytes()`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU limit, as a Kubernetes quantity: cores (`"2"`, `"1.5"`) or millicores (`"500m"`),
+    /// at least `1m` (`10m` with the `docker` driver). Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("type" = ["string", "number", "null"], "pattern" = CPU_PATTERN))]
+    cpu: Option<String>,
+    /// Memory limit, as a Kubernetes quantity: bytes (`"1000000"`) or with a suffix, `Ki`,
+    /// `Mi`, `Gi`, `Ti` (powers of 1024: `"256Mi"`, `"1Gi"`) or `k`, `M`, `G`, `T` (powers of
+    /// 1000: `"512M"`). At least `6Mi`, the least Docker accepts. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("type" = ["string", "integer", "null"], "pattern" = MEMORY_PATTERN))]
+    memory: Option<String>,
+    #[serde(skip)]
+    cpu_millis: Option<u64>,
+    #[serde(skip)]
+    memory_bytes: Option<u64>,
+}
+
+/// Only [`crate::validate_pipeline`] and [`Resources::new`] build a `Resources`, so its
+/// quantities always parse: drivers read the limits with [`Resources::cpu_millis`] and
+/// [`Resources::memory_bytes`].
+impl Resources {
+    /// Checks and parses both quantities with [`crate::parse_cpu`] and
+    /// [`crate::parse_memory`]; the error names the field that does not parse. (The `docker`
+    /// driver's least CPU limit, [`crate::MIN_DOCKER_CPU_MILLIS`], is checked by validation,
+    /// which knows the driver.)
+    pub fn new(cpu: Option<String>, memory: Option<String>) -> Result<Self, String> {
+        let cpu_millis = cpu
+            .as_deref()
+            .map(crate::parse_cpu)
+            .transpose()
+            .map_err(|e| format!("resources.cpu: {e}"))?;
+        let memory_bytes = memory
+            .as_deref()
+            .map(crate::parse_memory)
+            .transpose()
+            .map_err(|e| format!("resources.memory: {e}"))?;
+        Ok(Self {
+            cpu,
+            memory,
+            cpu_millis,
+            memory_bytes,
+        })
+    }
+
+    /// Built by validation from quantities it has parsed: `(as written, parsed)`.
+    pub(crate) fn from_parsed(cpu: Option<(String, u64)>, memory: Option<(String, u64)>) -> Self {
+        let (cpu, cpu_millis) = cpu.unzip();
+        let (memory, memory_bytes) = memory.unzip();
+        Self {
+            cpu,
+            memory,
+            cpu_millis,
+            memory_bytes,
+        }
+    }
+
+    /// `resources.cpu` as written (an unquoted number as its decimal spelling).
+    pub fn cpu(&self) -> Option<&str> {
+        self.cpu.as_deref()
+    }
+
+    /// `resources.memory` as written (an unquoted number as its decimal spelling).
+    pub fn memory(&self) -> Option<&str> {
+        self.memory.as_deref()
+    }
+
+    /// The CPU limit in thousandths of a core (at least 1), or `None` for no limit.
+    pub fn cpu_millis(&self) -> Option<u64> {
+        self.cpu_millis
+    }
+
+    /// The memory limit in bytes (at least [`crate::MIN_MEMORY_BYTES`]), or `None` for no
+    /// limit.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        self.memory_bytes
+    }
+
+    /// Whether neither limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_none() && self.memory.is_none()
     }
 }
 

@@ -1,6 +1,8 @@
 //! [`ValidatedPipeline`]: a pipeline that passed every check, with its DAG precomputed.
 
-use crate::model::{Component, ComponentId, ComponentKind, PipelineManifest, PipelineSpec};
+use crate::model::{
+    Component, ComponentId, ComponentKind, PipelineManifest, PipelineSpec, PullPolicy, Resources,
+};
 use crate::PipelineDoc;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -243,37 +245,168 @@ pub fn topic_name(pipeline: &ValidatedPipeline, upstream_id: &ComponentId) -> St
     )
 }
 
-/// What applying `new` over `old` does to each component: `start` (new), `restart` (its
-/// definition changed), or `stop` (gone). Unchanged components are left out. Sorted by id.
-pub fn component_changes(
+/// What applying a pipeline does to one component, with the reason for a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentChange {
+    /// The component id.
+    pub id: String,
+    /// `start` (new), `restart` (what it runs changed) or `stop` (gone).
+    pub action: &'static str,
+    /// For a restart, what changed, in the order of the component's fields, such as
+    /// `image a → b` or `env`; pipeline settings that every component runs with
+    /// (`spec.driver`, `spec.docker.network`) come last. Empty for a start or a stop.
+    pub changed: Vec<String>,
+}
+
+impl ComponentChange {
+    /// The action with its reasons: `start`, `stop`, or `restart (image a → b, env)`.
+    pub fn describe(&self) -> String {
+        if self.changed.is_empty() {
+            self.action.to_owned()
+        } else {
+            format!("{} ({})", self.action, self.changed.join(", "))
+        }
+    }
+}
+
+/// What a component runs, as compared between two versions of a pipeline: its fields with
+/// spelled-out defaults dropped (`image_pull_policy: IfNotPresent` runs the same as no
+/// policy, `resources: {}` the same as none), and the pipeline settings every instance runs
+/// with.
+fn definition(spec: &PipelineSpec, c: &Component) -> serde_json::Map<String, serde_json::Value> {
+    let mut fields = match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    if c.image_pull_policy == Some(PullPolicy::default()) {
+        fields.remove("image_pull_policy");
+    }
+    if c.resources.as_ref().is_some_and(Resources::is_empty) {
+        fields.remove("resources");
+    }
+    fields.insert("spec.driver".into(), spec.driver.as_str().into());
+    if let Some(network) = spec.docker_network() {
+        fields.insert("spec.docker.network".into(), network.into());
+    }
+    fields
+}
+
+/// The pipeline's fields that a component's definition includes, listed after the
+/// component's own (in [`crate::validate::COMPONENT_FIELDS`]'s documented order).
+const PIPELINE_REASON_FIELDS: &[&str] = &["spec.driver", "spec.docker.network"];
+
+/// Where `field` comes in the list of reasons: the component's fields as documented, then the
+/// pipeline's, then anything else.
+fn reason_rank(field: &str) -> usize {
+    let own = crate::validate::COMPONENT_FIELDS;
+    own.iter()
+        .chain(PIPELINE_REASON_FIELDS)
+        .position(|f| *f == field)
+        .unwrap_or(own.len() + PIPELINE_REASON_FIELDS.len())
+}
+
+/// How a changed value reads in a reason: a scalar as itself, an absent one as its default
+/// (or `unset`); `None` for lists and mappings, whose change is named without values.
+fn shown(field: &str, v: Option<&serde_json::Value>) -> Option<String> {
+    match v {
+        None if field == "image_pull_policy" => Some(PullPolicy::default().as_str().to_owned()),
+        None => Some("unset".to_owned()),
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+            Some(v.to_string())
+        }
+        Some(_) => None,
+    }
+}
+
+/// The reasons one component restarts: each changed field as `field old → new` (or just
+/// `field` for lists and mappings), and `resources.cpu` / `resources.memory` one by one.
+fn reasons(
+    old: &serde_json::Map<String, serde_json::Value>,
+    new: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<String> {
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort_by_key(|k| (reason_rank(k), k.as_str()));
+    keys.dedup();
+    let mut out = Vec::new();
+    for key in keys {
+        let (a, b) = (old.get(key), new.get(key));
+        // A network that comes or goes with the docker driver is told by `spec.driver`.
+        if a == b || (key == "spec.docker.network" && (a.is_none() || b.is_none())) {
+            continue;
+        }
+        if key == "resources" {
+            let empty = serde_json::Map::new();
+            let part = |v: Option<&serde_json::Value>| match v {
+                Some(serde_json::Value::Object(m)) => m.clone(),
+                _ => empty.clone(),
+            };
+            let (ra, rb) = (part(a), part(b));
+            for limit in ["cpu", "memory"] {
+                let (x, y) = (ra.get(limit), rb.get(limit));
+                if x != y {
+                    let show = |v| shown(limit, v).unwrap_or_default();
+                    out.push(format!("resources.{limit} {} → {}", show(x), show(y)));
+                }
+            }
+            continue;
+        }
+        match (shown(key, a), shown(key, b)) {
+            (Some(x), Some(y)) => out.push(format!("{key} {x} → {y}")),
+            _ => out.push(key.clone()),
+        }
+    }
+    out
+}
+
+/// What applying `new` over `old` does to each component, with the reasons for each restart
+/// (see [`ComponentChange`]). A component restarts when anything it runs with changed: any of
+/// its fields (`image`, `image_pull_policy`, `resources`, `command`, `env`, ...), or the
+/// pipeline's `spec.driver` or `spec.docker.network`. Unchanged components are left out.
+/// Sorted by id, then action.
+pub fn component_change_details(
     old: Option<&ValidatedPipeline>,
     new: &ValidatedPipeline,
-) -> Vec<(String, &'static str)> {
-    let def = |c: &Component| serde_json::to_string(c).unwrap_or_default();
-    let old_defs: std::collections::BTreeMap<String, String> = old
-        .map(|o| {
-            o.components()
-                .map(|(_, c)| (c.id.as_str().to_owned(), def(c)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let new_defs: std::collections::BTreeMap<String, String> = new
-        .components()
-        .map(|(_, c)| (c.id.as_str().to_owned(), def(c)))
-        .collect();
+) -> Vec<ComponentChange> {
+    type Defs = BTreeMap<String, serde_json::Map<String, serde_json::Value>>;
+    let defs = |p: &ValidatedPipeline| -> Defs {
+        p.components()
+            .map(|(_, c)| (c.id.as_str().to_owned(), definition(p.spec(), c)))
+            .collect()
+    };
+    let old_defs = old.map(defs).unwrap_or_default();
+    let new_defs = defs(new);
+    let change = |id: &String, action, changed| ComponentChange {
+        id: id.clone(),
+        action,
+        changed,
+    };
     let mut out = Vec::new();
     for (id, d) in &new_defs {
         match old_defs.get(id) {
-            None => out.push((id.clone(), "start")),
-            Some(o) if o != d => out.push((id.clone(), "restart")),
+            None => out.push(change(id, "start", Vec::new())),
+            Some(o) if o != d => out.push(change(id, "restart", reasons(o, d))),
             Some(_) => {}
         }
     }
     for id in old_defs.keys() {
         if !new_defs.contains_key(id) {
-            out.push((id.clone(), "stop"));
+            out.push(change(id, "stop", Vec::new()));
         }
     }
-    out.sort();
+    out.sort_by(|a, b| (&a.id, a.action).cmp(&(&b.id, b.action)));
     out
+}
+
+/// What applying `new` over `old` does to each component: `start` (new), `restart` (its
+/// definition changed), or `stop` (gone). Unchanged components are left out. Sorted by id.
+/// [`component_change_details`] also says why each restart happens.
+pub fn component_changes(
+    old: Option<&ValidatedPipeline>,
+    new: &ValidatedPipeline,
+) -> Vec<(String, &'static str)> {
+    component_change_details(old, new)
+        .into_iter()
+        .map(|c| (c.id, c.action))
+        .collect()
 }

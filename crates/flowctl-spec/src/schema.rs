@@ -68,7 +68,8 @@ fn add_aliases(v: &mut Value) {
 mod tests {
     use super::*;
     use crate::validate::{
-        BUS_FIELDS, COMPONENT_FIELDS, METADATA_FIELDS, ROOT_FIELDS, SPEC_FIELDS,
+        BUS_FIELDS, COMPONENT_FIELDS, DOCKER_FIELDS, METADATA_FIELDS, RESOURCES_FIELDS,
+        ROOT_FIELDS, SPEC_FIELDS,
     };
 
     fn props<'a>(schema: &'a Value, def: Option<&str>) -> Vec<&'a str> {
@@ -101,6 +102,8 @@ mod tests {
         assert_eq!(props(&s, Some("PipelineSpec")), sorted(SPEC_FIELDS));
         assert_eq!(props(&s, Some("Bus")), sorted(BUS_FIELDS));
         assert_eq!(props(&s, Some("Component")), sorted(COMPONENT_FIELDS));
+        assert_eq!(props(&s, Some("DockerSettings")), sorted(DOCKER_FIELDS));
+        assert_eq!(props(&s, Some("Resources")), sorted(RESOURCES_FIELDS));
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! the snake_case one (`input_event_types`), which is canonical.
 
 use crate::model::{
-    Bus, Component, ComponentId, ComponentKind, Driver, Metadata, PipelineManifest, PipelineSpec,
-    RestartPolicy, MAX_REPLICAS, MAX_TOPIC_PREFIX_LEN, MIN_REPLICAS,
+    Bus, Component, ComponentId, ComponentKind, DockerSettings, Driver, Metadata, PipelineManifest,
+    PipelineSpec, PullPolicy, Resources, RestartPolicy, MAX_DOCKER_NETWORK_LEN, MAX_REPLICAS,
+    MAX_TOPIC_PREFIX_LEN, MIN_REPLICAS,
 };
 use crate::node::{self, Key, Node, Pos, Value};
 use crate::pipeline::ValidatedPipeline;
@@ -20,7 +21,12 @@ pub(crate) const ROOT_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spe
 /// Fields of `metadata`.
 pub(crate) const METADATA_FIELDS: &[&str] = &["name", "labels"];
 /// Fields of `spec`.
-pub(crate) const SPEC_FIELDS: &[&str] = &["driver", "bus", "sources", "processors", "sinks"];
+pub(crate) const SPEC_FIELDS: &[&str] =
+    &["driver", "bus", "docker", "sources", "processors", "sinks"];
+/// Fields of `spec.docker`.
+pub(crate) const DOCKER_FIELDS: &[&str] = &["network"];
+/// Fields of a component's `resources`.
+pub(crate) const RESOURCES_FIELDS: &[&str] = &["cpu", "memory"];
 /// Fields of `spec.bus`.
 pub(crate) const BUS_FIELDS: &[&str] = &[
     "brokers",
@@ -33,6 +39,7 @@ pub(crate) const COMPONENT_FIELDS: &[&str] = &[
     "id",
     "type",
     "image",
+    "image_pull_policy",
     "command",
     "args",
     "inputs",
@@ -43,6 +50,7 @@ pub(crate) const COMPONENT_FIELDS: &[&str] = &[
     "replicas",
     "health_port",
     "restart_policy",
+    "resources",
 ];
 
 /// Parses and fully validates one Pipeline document. `file` names the source in errors.
@@ -168,6 +176,12 @@ impl<'a> Fields<'a> {
 
     fn path(&self, name: &str) -> String {
         child_path(&self.path, name)
+    }
+
+    /// Where the field's key is written; for fields whose value is a mapping, which starts on
+    /// the next line.
+    fn key_pos(&self, name: &str) -> Option<Pos> {
+        self.map.get(name).map(|(k, _)| k.pos)
     }
 }
 
@@ -499,6 +513,26 @@ impl Walker {
             Some(n) if n.value == Value::Null => Some(Bus::default()),
             Some(n) => self.bus(n),
         };
+        let docker = match f.get("docker") {
+            None => Some(None),
+            Some(n) => {
+                let settings = self.docker(n);
+                match driver {
+                    Some(d) if d != Driver::Docker => {
+                        self.err(
+                            f.path("docker"),
+                            f.key_pos("docker").unwrap_or(n.pos),
+                            format!(
+                                "the {} driver does not use docker settings; remove spec.docker or set spec.driver to docker",
+                                d.as_str()
+                            ),
+                        );
+                        None
+                    }
+                    _ => settings.map(Some),
+                }
+            }
+        };
 
         let mut drafts: Vec<Draft> = Vec::new();
         let mut sections_ok = true;
@@ -544,13 +578,14 @@ impl Walker {
         }
         self.cross_checks(&drafts, driver);
 
-        let (driver, bus) = (driver?, bus?);
+        let (driver, bus, docker) = (driver?, bus?, docker?);
         if !sections_ok {
             return None;
         }
         let mut spec = PipelineSpec {
             driver,
             bus,
+            docker,
             sources: Vec::new(),
             processors: Vec::new(),
             sinks: Vec::new(),
@@ -611,6 +646,84 @@ impl Walker {
             }
         }
         ok.then_some(bus)
+    }
+
+    fn docker(&mut self, node: &Node) -> Option<DockerSettings> {
+        let f = self.fields(node, "spec.docker", DOCKER_FIELDS)?;
+        let mut settings = DockerSettings::default();
+        if let Some(n) = f.get("network") {
+            let path = f.path("network");
+            let network = self.string(n, &path)?;
+            if let Err(msg) = check_docker_network(&network) {
+                self.err(path, n.pos, msg);
+                return None;
+            }
+            settings.network = network;
+        }
+        Some(settings)
+    }
+
+    /// A resource quantity: a string, or an unquoted number as its decimal spelling.
+    fn quantity(&mut self, node: &Node, path: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(_) => self.string(node, path),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(x) => Some(x.to_string()),
+            _ => {
+                self.expected(path, node, "a quantity such as \"500m\" or \"256Mi\"");
+                None
+            }
+        }
+    }
+
+    /// A component's `resources`, each quantity parsed.
+    fn resources(&mut self, node: &Node, path: &str, driver: Option<Driver>) -> Option<Resources> {
+        let f = self.fields(node, path, RESOURCES_FIELDS)?;
+        let mut ok = true;
+        let mut cpu = None;
+        if let Some(n) = f.get("cpu") {
+            let p = f.path("cpu");
+            match self.quantity(n, &p).map(|s| {
+                let parsed = crate::parse_cpu(&s);
+                (s, parsed)
+            }) {
+                None => ok = false,
+                Some((_, Err(msg))) => {
+                    self.err(p, n.pos, msg);
+                    ok = false;
+                }
+                Some((s, Ok(m)))
+                    if driver == Some(Driver::Docker) && m < crate::MIN_DOCKER_CPU_MILLIS =>
+                {
+                    self.err(
+                        p,
+                        n.pos,
+                        format!(
+                            "{s:?} is below {}m, the least CPU limit of the docker driver (Linux needs a quota of at least 1ms in each 100ms)",
+                            crate::MIN_DOCKER_CPU_MILLIS
+                        ),
+                    );
+                    ok = false;
+                }
+                Some((s, Ok(m))) => cpu = Some((s, m)),
+            }
+        }
+        let mut memory = None;
+        if let Some(n) = f.get("memory") {
+            let p = f.path("memory");
+            match self.quantity(n, &p).map(|s| {
+                let parsed = crate::parse_memory(&s);
+                (s, parsed)
+            }) {
+                None => ok = false,
+                Some((_, Err(msg))) => {
+                    self.err(p, n.pos, msg);
+                    ok = false;
+                }
+                Some((s, Ok(b))) => memory = Some((s, b)),
+            }
+        }
+        ok.then(|| Resources::from_parsed(cpu, memory))
     }
 
     /// Reads one component and checks what can be checked without the others.
@@ -733,6 +846,27 @@ impl Walker {
             }
             _ => {}
         }
+
+        let pull_options: Vec<(&'static str, PullPolicy)> =
+            PullPolicy::ALL.iter().map(|p| (p.as_str(), *p)).collect();
+        let image_pull_policy = match f.get("image_pull_policy") {
+            None => None,
+            Some(n) => {
+                let p = f.path("image_pull_policy");
+                let policy = self.choice(n, &p, "image pull policy", &pull_options);
+                ok &= policy.is_some();
+                if driver == Some(Driver::Process) {
+                    self.err(
+                        p,
+                        n.pos,
+                        "the process driver runs programs and pulls no images; \
+                         image_pull_policy needs a container driver (spec.driver docker or kubernetes)",
+                    );
+                    ok = false;
+                }
+                policy
+            }
+        };
 
         let args = match f.get("args") {
             None => Vec::new(),
@@ -919,11 +1053,31 @@ impl Walker {
             ),
         };
 
+        let resources = match f.get("resources") {
+            None => None,
+            Some(n) => {
+                let p = f.path("resources");
+                let r = self.resources(n, &p, driver);
+                ok &= r.is_some();
+                if driver == Some(Driver::Process) {
+                    self.err(
+                        p,
+                        f.key_pos("resources").unwrap_or(n.pos),
+                        "the process driver does not limit CPU or memory; \
+                         resources need a container driver (spec.driver docker or kubernetes)",
+                    );
+                    ok = false;
+                }
+                r
+            }
+        };
+
         if let (true, Some((id, _)), Some(restart_policy)) = (ok, &d.id, restart_policy) {
             d.component = Some(Component {
                 id: ComponentId::new(id.clone()),
                 component_type,
                 image,
+                image_pull_policy,
                 command: command.unwrap_or_default(),
                 args,
                 inputs: d
@@ -938,6 +1092,7 @@ impl Walker {
                 replicas: d.replicas,
                 health_port: d.health_port,
                 restart_policy,
+                resources,
             });
         }
         d
@@ -1183,6 +1338,24 @@ fn check_topic_prefix(p: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a Docker network name: a letter or digit, then letters, digits, '_', '.' and '-',
+/// at most [`MAX_DOCKER_NETWORK_LEN`] characters.
+fn check_docker_network(n: &str) -> Result<(), String> {
+    if n.len() > MAX_DOCKER_NETWORK_LEN {
+        return Err(format!(
+            "{n:?} is longer than {MAX_DOCKER_NETWORK_LEN} characters"
+        ));
+    }
+    let mut chars = n.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Err(format!(
+            "{n:?} is not a Docker network name: letters, digits, '_', '.' and '-', starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1228,5 +1401,26 @@ mod tests {
         assert!(check_topic_prefix(".x").is_err());
         assert!(check_topic_prefix("a b").is_err());
         assert!(check_topic_prefix(&"a".repeat(MAX_TOPIC_PREFIX_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn docker_network_names_are_checked() {
+        for ok in ["host", "bridge", "none", "flowctl_net", "my.net-1", "0net"] {
+            assert_eq!(check_docker_network(ok), Ok(()), "{ok}");
+        }
+        assert!(check_docker_network(&"n".repeat(MAX_DOCKER_NETWORK_LEN)).is_ok());
+        for bad in [
+            "-net",
+            "_net",
+            ".net",
+            "my net",
+            "container:abc",
+            "né",
+            "a/b",
+        ] {
+            assert!(check_docker_network(bad).is_err(), "{bad}");
+        }
+        let long = check_docker_network(&"n".repeat(MAX_DOCKER_NETWORK_LEN + 1)).unwrap_err();
+        assert!(long.contains("longer than 64"), "{long}");
     }
 }

@@ -34,4 +34,17 @@ fn schema_describes_the_document() {
     for d in ["process", "docker", "kubernetes"] {
         assert!(drivers.contains(d), "{drivers}");
     }
+    let policies = serde_json::to_string(&s["$defs"]["PullPolicy"]).unwrap();
+    for p in ["\"IfNotPresent\"", "\"Never\"", "\"Always\""] {
+        assert!(policies.contains(p), "{policies}");
+    }
+    let docker = &s["$defs"]["DockerSettings"]["properties"]["network"];
+    assert_eq!(docker["default"], "host");
+    assert_eq!(docker["maxLength"], 64);
+    let resources = &s["$defs"]["Resources"];
+    assert_eq!(resources["additionalProperties"], false);
+    assert!(resources["properties"]["memory"]["pattern"]
+        .as_str()
+        .unwrap()
+        .contains("Mi"));
 }
