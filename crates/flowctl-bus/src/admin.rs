@@ -140,13 +140,18 @@ async fn create(
     missing: &[&TopicSpec],
     timeout: Duration,
 ) -> Result<Vec<String>, Error> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .map_err(|source| Error::Client {
-            brokers: brokers.to_owned(),
-            source,
-        })?;
+    // Client creation blocks; keep it off the async workers.
+    let owned = brokers.to_owned();
+    let admin: AdminClient<DefaultClientContext> = blocking(move || {
+        ClientConfig::new()
+            .set("bootstrap.servers", &owned)
+            .create()
+            .map_err(|source| Error::Client {
+                brokers: owned.clone(),
+                source,
+            })
+    })
+    .await?;
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|t| {

@@ -356,10 +356,15 @@ impl Consumer {
                 CONSUMER_PREFETCH_KBYTES.to_string(),
             )
             .set("fetch.wait.max.ms", "100");
-        let consumer: StreamConsumer = config.create().map_err(|source| Error::Client {
-            brokers: options.brokers.clone(),
-            source,
-        })?;
+        // librdkafka's client creation blocks (up to a minute waiting for its threads), so it
+        // must not run on an async worker.
+        let brokers = options.brokers.clone();
+        let consumer: StreamConsumer = blocking(move || {
+            config
+                .create()
+                .map_err(|source| Error::Client { brokers, source })
+        })
+        .await?;
         let consumer = Arc::new(consumer);
 
         let mut partitions = Vec::new();
