@@ -12,16 +12,26 @@
 //!   linearizable get), component registrations as a set (register, list), components kept
 //!   alive by a heartbeat loop (so the registry may only grow: an expiry would be a lost
 //!   element).
+//! - The DLQ index: an in-test broker (`flowctl_bus::EmbeddedBroker`) is every node's
+//!   `--kafka-brokers` (`TORTURE_DLQ_BROKERS=spec`: named by one pipeline's `spec.bus.brokers`
+//!   instead); one pipeline's DLQ topic is fed by an in-test writer throughout the run
+//!   (distinct failed inputs, now and then a second dead letter for an input that has one: a
+//!   redelivery). Once the cluster has recovered, `dlq ls` on every node must list each input
+//!   whose dead letter the broker acknowledged exactly once, with `attempts` equal to the dead
+//!   letters produced for it. A missing entry or a missing attempt counts as lost; an id listed
+//!   twice, an attempt counted twice, or an entry nobody produced counts as a duplicate.
 //! - A run fails on a non-linearizable key or set, an acknowledged write lost, a duplicate in
-//!   a list, and a scheduled fault that did not happen (a partition that blocked nothing, a
-//!   kill of a dead process, a clock step that reached no process).
+//!   a list (or in the DLQ index), and a scheduled fault that did not happen (a partition that
+//!   blocked nothing, a kill of a dead process, a clock step that reached no process).
 //!
 //! `TORTURE_CYCLES` (default 20), `TORTURE_SEED`, `TORTURE_FAULTS` (comma-separated, default
-//! every kind) steer it; `scripts/torture.sh` runs long versions. The last line printed is
+//! every kind), `TORTURE_DLQ_BROKERS` (`flag`, the default, or `spec`) steer it;
+//! `scripts/torture.sh` runs long versions. The last line printed is
 //! `cycles=N faults=... ops=<ok>/<indeterminate> linearizable=yes lost=0 duplicates=0`.
 
 #![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is the failure report.
 
+use flowctl_bus::{DlqRecord, EmbeddedBroker, Envelope, OutRecord, Producer, TopicSpec};
 use flowctl_client::proto::admin::v1 as pb;
 use flowctl_client::proto::admin::v1::pipeline_service_client::PipelineServiceClient;
 use flowctl_client::proto::v1;
@@ -49,6 +59,17 @@ const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1
 /// The node whose data dir is a small tmpfs, for the disk fault.
 const DISK_NODE: usize = 2;
 const TMPFS_BYTES: u64 = 256 * 1024 * 1024;
+/// The pipeline whose DLQ topic the DLQ writer feeds (the clients never touch it: deleting a
+/// pipeline drops its DLQ entries).
+const DLQ_PIPELINE: &str = "dlq-torture";
+/// Partitions of its DLQ topic: the indexer's compare-and-set is per partition.
+const DLQ_PARTITIONS: i32 = 3;
+/// The (made-up) topic the failed inputs were read from.
+const DLQ_INPUT_TOPIC: &str = "flowctl.dlq-torture.input";
+/// Dead letters the writer produces at most.
+const MAX_DEAD_LETTERS: usize = 3000;
+/// How long the DLQ index of every node may take to catch up once the cluster has recovered.
+const DLQ_CATCH_UP: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -129,6 +150,18 @@ impl Recorder {
 fn doc(key: usize, value: &str) -> String {
     format!(
         "apiVersion: flowctl/v1\nkind: Pipeline\nmetadata:\n  name: key-{key}\n  labels:\n    value: \"{value}\"\nspec:\n  sources:\n    - id: src\n      command: [\"true\"]\n  sinks:\n    - id: sink\n      command: [\"true\"]\n      inputs: [src]\n"
+    )
+}
+
+/// The DLQ pipeline: its components never run (`true` is outside the default
+/// `--allowed-commands`); the indexer needs only the stored pipeline and a broker. `brokers`:
+/// its own `spec.bus.brokers`, or `None` for the nodes' `--kafka-brokers`.
+fn dlq_doc(brokers: Option<&str>) -> String {
+    let own = brokers
+        .map(|b| format!("    brokers: [\"{b}\"]\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: flowctl/v1\nkind: Pipeline\nmetadata:\n  name: {DLQ_PIPELINE}\nspec:\n  bus:\n{own}    partitions: {DLQ_PARTITIONS}\n  sources:\n    - id: src\n      command: [\"true\"]\n  sinks:\n    - id: sink\n      command: [\"true\"]\n      inputs: [src]\n"
     )
 }
 
@@ -396,6 +429,169 @@ async fn run_heartbeats(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// What the DLQ writer produced for one failed input record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct DeadLetters {
+    /// Dead letters the broker acknowledged.
+    acked: u32,
+    /// Dead letters whose produce failed or timed out: they may or may not be in the topic.
+    unacked: u32,
+}
+
+/// Produces dead letters to the DLQ topic until `stop` (or [`MAX_DEAD_LETTERS`]), one every
+/// 50-100 ms: mostly for new inputs, sometimes a second one for an input that has exactly one
+/// acknowledged dead letter (a redelivery). Records, by entry id, what it produced.
+async fn run_dlq_writer(
+    brokers: String,
+    topic: String,
+    stop: Arc<AtomicBool>,
+    produced: Arc<Mutex<BTreeMap<String, DeadLetters>>>,
+    seed: u64,
+) {
+    let producer = Producer::new(&brokers).unwrap();
+    let mut rng = Rng(seed | 1);
+    // Inputs with one acknowledged dead letter: (entry id, input number).
+    let mut once: Vec<(String, u64)> = Vec::new();
+    let mut inputs = 0u64;
+    for _ in 0..MAX_DEAD_LETTERS {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50 + rng.below(51))).await;
+        let (id, n, attempt) = if !once.is_empty() && rng.below(8) == 0 {
+            let (id, n) = once.swap_remove(rng.below(once.len() as u64) as usize);
+            (id, n, 2)
+        } else {
+            let n = inputs;
+            inputs += 1;
+            let (partition, offset) = ((n % 3) as i32, (n / 3) as i64);
+            (
+                flowctl_state::dlq::entry_id(DLQ_INPUT_TOPIC, partition, offset),
+                n,
+                1,
+            )
+        };
+        let dead = DlqRecord {
+            error: format!("torture: input {n} failed (attempt {attempt})"),
+            component: "sink".into(),
+            source_topic: DLQ_INPUT_TOPIC.into(),
+            source_partition: (n % 3) as i32,
+            source_offset: (n / 3) as i64,
+            attempt,
+            envelope: Some(Envelope::new("torture.DeadLetter")),
+        };
+        let record = OutRecord {
+            topic: topic.clone(),
+            // Keyed by input: a redelivery's dead letter lands in the same DLQ partition.
+            key: Some(flowctl_bus::ledger_key(n)),
+            payload: format!("input {n}").into_bytes(),
+            headers: dead.to_headers(),
+        };
+        let acked = matches!(
+            tokio::time::timeout(Duration::from_secs(40), producer.send(&record)).await,
+            Ok(Ok(_))
+        );
+        let mut p = produced.lock().unwrap();
+        let e = p.entry(id.clone()).or_default();
+        if acked {
+            e.acked += 1;
+            if attempt == 1 && e.unacked == 0 {
+                once.push((id, n));
+            }
+        } else {
+            e.unacked += 1;
+        }
+    }
+    let _ = producer.flush(Duration::from_secs(10)).await;
+}
+
+/// What a DLQ listing got wrong, one line per counted loss or duplicate.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct DlqCheck {
+    lost: Vec<String>,
+    duplicates: Vec<String>,
+}
+
+impl DlqCheck {
+    fn is_clean(&self) -> bool {
+        self.lost.is_empty() && self.duplicates.is_empty()
+    }
+}
+
+/// Compares one DLQ listing, `(entry id, attempts)` in listed order, with what was produced.
+/// Lost: an input with an acknowledged dead letter that is not listed, or listed with fewer
+/// attempts than its acknowledged dead letters. Duplicates: every extra listing of an id, an
+/// entry with more attempts than dead letters produced for it (a record indexed twice), and
+/// an entry for an input nothing was produced for.
+fn check_dlq(produced: &BTreeMap<String, DeadLetters>, listed: &[(String, u32)]) -> DlqCheck {
+    let mut by_id: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (id, attempts) in listed {
+        by_id.entry(id.as_str()).or_default().push(*attempts);
+    }
+    let mut out = DlqCheck::default();
+    for (id, attempts) in &by_id {
+        for _ in 1..attempts.len() {
+            out.duplicates
+                .push(format!("{id}: listed {} times", attempts.len()));
+        }
+        let (min, max) = (
+            *attempts.iter().min().unwrap(),
+            *attempts.iter().max().unwrap(),
+        );
+        match produced.get(*id) {
+            None => out
+                .duplicates
+                .push(format!("{id}: listed (attempts {max}) but never produced")),
+            Some(p) => {
+                if max > p.acked + p.unacked {
+                    out.duplicates.push(format!(
+                        "{id}: attempts {max}, but {} dead letters produced",
+                        p.acked + p.unacked
+                    ));
+                }
+                if min < p.acked {
+                    out.lost.push(format!(
+                        "{id}: attempts {min}, but {} dead letters acknowledged",
+                        p.acked
+                    ));
+                }
+            }
+        }
+    }
+    for (id, p) in produced {
+        if p.acked > 0 && !by_id.contains_key(id.as_str()) {
+            out.lost.push(format!(
+                "{id}: not listed, {} dead letters acknowledged",
+                p.acked
+            ));
+        }
+    }
+    out
+}
+
+/// The DLQ pipeline's entries as node `i` lists them (`dlq ls`, a linearizable read served
+/// from that node's state): `(id, attempts)` in listed order.
+fn dlq_listing(c: &Cluster, i: usize) -> anyhow::Result<Vec<(String, u32)>> {
+    let v = c.json(
+        i,
+        &["dlq", "ls", "--pipeline", DLQ_PIPELINE, "--timeout", "10"],
+    )?;
+    let entries = v
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("dlq ls: not a list: {v}"))?;
+    entries
+        .iter()
+        .map(|e| {
+            let id = e["id"].as_str();
+            let attempts = e["attempts"].as_u64();
+            match (id, attempts) {
+                (Some(id), Some(a)) => Ok((id.to_owned(), a as u32)),
+                _ => Err(anyhow::anyhow!("dlq ls: a malformed entry: {e}")),
+            }
+        })
+        .collect()
 }
 
 /// A tmpfs mounted for one node's data dir; unmounted on drop.
@@ -789,6 +985,57 @@ fn a_joining_node_forwards_writes_before_its_join_answer_arrives() {
     net.heal();
 }
 
+/// The DLQ comparison (no cluster): it must catch a duplicate id, a missing id, and attempts
+/// that do not match the dead letters produced, and accept what an unacknowledged produce
+/// may or may not have left in the topic.
+#[test]
+fn dlq_check_counts_duplicate_missing_and_miscounted_entries() {
+    let p = |acked, unacked| DeadLetters { acked, unacked };
+    let produced: BTreeMap<String, DeadLetters> = [
+        ("a", p(1, 0)),
+        ("b", p(2, 0)),
+        ("c", p(1, 0)),
+        ("d", p(0, 1)),
+        ("e", p(1, 1)),
+        ("f", p(1, 0)),
+    ]
+    .into_iter()
+    .map(|(id, d)| (id.to_owned(), d))
+    .collect();
+    let l = |v: &[(&str, u32)]| -> Vec<(String, u32)> {
+        v.iter().map(|(id, a)| ((*id).to_owned(), *a)).collect()
+    };
+    // Exact: `d` (never acknowledged) absent, `e` with its unacknowledged one indexed.
+    let good = l(&[("a", 1), ("b", 2), ("c", 1), ("e", 2), ("f", 1)]);
+    assert_eq!(check_dlq(&produced, &good), DlqCheck::default());
+    // `d` present, `e` without its unacknowledged one: fine too.
+    let good = l(&[("a", 1), ("b", 2), ("c", 1), ("d", 1), ("e", 1), ("f", 1)]);
+    assert!(check_dlq(&produced, &good).is_clean());
+
+    // `a` twice, `c` missing, `b` short of its redelivery, `f` indexed twice over, `x` made up.
+    let bad = l(&[("a", 1), ("b", 1), ("a", 1), ("e", 1), ("f", 2), ("x", 1)]);
+    let r = check_dlq(&produced, &bad);
+    assert_eq!(
+        r.lost,
+        [
+            "b: attempts 1, but 2 dead letters acknowledged",
+            "c: not listed, 1 dead letters acknowledged",
+        ],
+        "{r:?}"
+    );
+    assert_eq!(
+        r.duplicates,
+        [
+            "a: listed 2 times",
+            "f: attempts 2, but 1 dead letters produced",
+            "x: listed (attempts 1) but never produced",
+        ],
+        "{r:?}"
+    );
+    // Nothing listed: every acknowledged input is lost.
+    assert_eq!(check_dlq(&produced, &[]).lost.len(), 5);
+}
+
 #[test]
 fn torture_history_is_linearizable_under_faults() {
     let cycles: usize = std::env::var("TORTURE_CYCLES")
@@ -826,43 +1073,61 @@ fn torture_history_is_linearizable_under_faults() {
         );
     }
     let mut _tmpfs = None;
-    let (c, proxies) = Cluster::start_proxied(
-        NODES,
-        &rt,
-        &net,
-        // Components expire after 36 s without a heartbeat: a clock step that reached the
-        // liveness decisions would expire them all.
-        &[
-            "--heartbeat-ttl",
-            "5",
-            "--component-expiry",
-            "0.01",
-            "--snapshot-threshold",
-            "500",
-        ],
-        |i, node| {
-            let clock_file = work.path().join(format!("faketime-{i}"));
-            std::fs::write(&clock_file, "+0").unwrap();
-            if clock {
-                node.env = vec![
-                    ("LD_PRELOAD".into(), LIBFAKETIME.into()),
-                    (
-                        "FAKETIME_TIMESTAMP_FILE".into(),
-                        clock_file.to_string_lossy().into_owned(),
-                    ),
-                    ("FAKETIME_CACHE_DURATION".into(), "1".into()),
-                    // Only the wall clock steps; timers and Raft run on the monotonic one.
-                    ("DONT_FAKE_MONOTONIC".into(), "1".into()),
-                ];
-            }
-            clock_files.push(clock_file);
-            let data_dir = work.path().join(format!("data-{i}"));
-            if i == DISK_NODE && kinds.contains(&Kind::Disk) {
-                _tmpfs = Some(Tmpfs::mount(&data_dir));
-            }
-            node.data_dir = Some(data_dir);
-        },
-    )
+    // The broker outlives the cluster (declared first, dropped last). By default every node
+    // gets it as `--kafka-brokers` (restarted and churned nodes too: the cluster keeps its
+    // extra arguments), so every pipeline, the clients' too, gets topics and a DLQ indexer
+    // task on the leader, re-created each time a client re-creates its pipeline. (That found
+    // Kafka clients created on the async workers, where librdkafka's init wait could stop a
+    // node for a minute after a clock step; they are created in blocking tasks now.) With
+    // `TORTURE_DLQ_BROKERS=spec` only the DLQ pipeline names it (`spec.bus.brokers`).
+    let brokers_flag = match std::env::var("TORTURE_DLQ_BROKERS") {
+        Ok(s) if s == "spec" => false,
+        Ok(s) if !s.is_empty() && s != "flag" => {
+            panic!("TORTURE_DLQ_BROKERS: flag or spec, not {s:?}")
+        }
+        _ => true,
+    };
+    let broker = EmbeddedBroker::start(1).unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    let dlq_topic = flowctl_bus::dlq_topic(flowctl_bus::DEFAULT_TOPIC_PREFIX, DLQ_PIPELINE);
+    broker
+        .create_topics(&[TopicSpec::new(&dlq_topic).with_partitions(DLQ_PARTITIONS as u32)])
+        .unwrap();
+    // Components expire after 36 s without a heartbeat: a clock step that reached the
+    // liveness decisions would expire them all.
+    let mut args = vec![
+        "--heartbeat-ttl",
+        "5",
+        "--component-expiry",
+        "0.01",
+        "--snapshot-threshold",
+        "500",
+    ];
+    if brokers_flag {
+        args.extend(["--kafka-brokers", &brokers]);
+    }
+    let (c, proxies) = Cluster::start_proxied(NODES, &rt, &net, &args, |i, node| {
+        let clock_file = work.path().join(format!("faketime-{i}"));
+        std::fs::write(&clock_file, "+0").unwrap();
+        if clock {
+            node.env = vec![
+                ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+                (
+                    "FAKETIME_TIMESTAMP_FILE".into(),
+                    clock_file.to_string_lossy().into_owned(),
+                ),
+                ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+                // Only the wall clock steps; timers and Raft run on the monotonic one.
+                ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+            ];
+        }
+        clock_files.push(clock_file);
+        let data_dir = work.path().join(format!("data-{i}"));
+        if i == DISK_NODE && kinds.contains(&Kind::Disk) {
+            _tmpfs = Some(Tmpfs::mount(&data_dir));
+        }
+        node.data_dir = Some(data_dir);
+    })
     .unwrap();
     let mut world = World {
         c,
@@ -874,6 +1139,20 @@ fn torture_history_is_linearizable_under_faults() {
         disk_faulted: false,
     };
     world.wait_healthy("start");
+    let dlq_spec = work.path().join("dlq.yaml");
+    std::fs::write(&dlq_spec, dlq_doc((!brokers_flag).then_some(&*brokers))).unwrap();
+    let out = world
+        .c
+        .flowctl(
+            0,
+            &["apply", "-f", dlq_spec.to_str().unwrap(), "--timeout", "20"],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "applying the DLQ pipeline: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let rec = Arc::new(Recorder {
         start: Instant::now(),
@@ -896,6 +1175,14 @@ fn torture_history_is_linearizable_under_faults() {
         client(&world.c),
         stop.clone(),
         attempted.clone(),
+    )));
+    let produced: Arc<Mutex<BTreeMap<String, DeadLetters>>> = Arc::default();
+    tasks.push(rt.spawn(run_dlq_writer(
+        brokers.clone(),
+        dlq_topic.clone(),
+        stop.clone(),
+        produced.clone(),
+        seed.wrapping_add(104_729),
     )));
 
     let mut counts: BTreeMap<Kind, usize> = BTreeMap::new();
@@ -956,6 +1243,49 @@ fn torture_history_is_linearizable_under_faults() {
             ret: Outcome::Ok { output: out, at },
         });
     }
+    // The DLQ index: once every node's listing matches what the broker acknowledged (or the
+    // catch-up time is up), one final listing per node is checked.
+    let produced = std::mem::take(&mut *produced.lock().unwrap());
+    let dlq_wait = Instant::now();
+    let caught_up = (0..NODES).all(|i| {
+        let left = DLQ_CATCH_UP.saturating_sub(dlq_wait.elapsed());
+        wait_until(left, || {
+            dlq_listing(&world.c, i).is_ok_and(|l| check_dlq(&produced, &l).is_clean())
+        })
+        .is_ok()
+    });
+    let mut dlq = DlqCheck::default();
+    for i in 0..NODES {
+        let listing = dlq_listing(&world.c, i)
+            .unwrap_or_else(|e| panic!("final DLQ listing on node {i} failed: {e}"));
+        let r = check_dlq(&produced, &listing);
+        dlq.lost
+            .extend(r.lost.into_iter().map(|l| format!("node {i}: {l}")));
+        dlq.duplicates
+            .extend(r.duplicates.into_iter().map(|d| format!("node {i}: {d}")));
+    }
+    lost += dlq.lost.len();
+    let letters: u32 = produced.values().map(|p| p.acked + p.unacked).sum();
+    eprintln!(
+        "torture: dlq: {letters} dead letters for {} inputs ({} redelivered, {} unacknowledged); \
+         every node {} after {:.1?}",
+        produced.len(),
+        produced
+            .values()
+            .filter(|p| p.acked + p.unacked > 1)
+            .count(),
+        produced.values().map(|p| p.unacked).sum::<u32>(),
+        if caught_up {
+            "caught up"
+        } else {
+            "had NOT caught up"
+        },
+        dlq_wait.elapsed()
+    );
+    assert!(
+        produced.values().any(|p| p.acked > 0),
+        "the DLQ writer got no dead letter acknowledged"
+    );
     let h = std::mem::take(&mut *rec.history.lock().unwrap());
     // Lost: the last acknowledged write of a key (nothing else invoked on it after it
     // returned) that the final reads do not show.
@@ -1025,7 +1355,7 @@ fn torture_history_is_linearizable_under_faults() {
         faults.join(","),
         total - ok,
         if linearizable { "yes" } else { "no" },
-        h.duplicates.len()
+        h.duplicates.len() + dlq.duplicates.len()
     );
     eprintln!("torture: {:.1?} for {cycles} cycles", started.elapsed());
     println!("{line}");
@@ -1035,6 +1365,13 @@ fn torture_history_is_linearizable_under_faults() {
     assert!(
         set.is_linearizable(),
         "{line}\ncomponent set: {set:?}\nfaults: {:?}",
+        world.log
+    );
+    assert!(
+        dlq.is_clean(),
+        "{line}\nDLQ index:\nlost: {:#?}\nduplicates: {:#?}\nfaults: {:?}",
+        dlq.lost,
+        dlq.duplicates,
         world.log
     );
     assert_eq!(lost, 0, "{line}");
