@@ -58,6 +58,11 @@ pub struct InstanceStatus {
     /// How the last process ended (`exit status: 1`, `signal: 9`), if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,
+    /// The placement epoch the copy runs under (`FLOWCTL_EPOCH`); a status from an older
+    /// placement of the instance than the current one is refused. Absent in reports from
+    /// older releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,12 +104,14 @@ pub(crate) fn report(state: &mut State, c: &ReportRuntime) -> (Outcome, Vec<Touc
         for (key, status) in &p.instances {
             match status {
                 // Fenced: a status from a node the instance has been moved away from (a report
-                // delayed by a partition, say) is stale, and must not hide the new node's.
+                // delayed by a partition, say), or from an older placement of it on this same
+                // node (moved away and back), is stale and must not hide the current copy's.
                 Some(s)
                     if s.node != c.node
                         || placed
                             .and_then(|pl| pl.instances.get(key))
-                            .is_some_and(|n| *n != c.node) => {}
+                            .is_some_and(|n| *n != c.node)
+                        || placed.is_some_and(|pl| pl.fences(key, s.epoch)) => {}
                 Some(s) => {
                     rt.instances.insert(key.clone(), s.clone());
                 }
@@ -143,6 +150,7 @@ mod tests {
             restarts,
             started_at_ms: 1,
             last_exit: None,
+            epoch: None,
         }
     }
 
@@ -249,6 +257,46 @@ mod tests {
             &report_cmd(1, vec![("a/0".into(), Some(status(2, 5)))]),
         );
         assert_eq!(s.runtime["p"].instances["a/0"], status(2, 0));
+    }
+
+    #[test]
+    fn a_status_from_an_older_placement_on_the_same_node_is_refused() {
+        use crate::placements::SetPlacement;
+        let mut s = with_pipeline();
+        let place = |node: u64| {
+            Command::SetPlacement(SetPlacement {
+                pipeline: "p".into(),
+                generation: 1,
+                instances: [("a/0".to_owned(), NodeId(node))].into(),
+            })
+        };
+        let with_epoch = |restarts: u32, epoch: u64| InstanceStatus {
+            epoch: Some(epoch),
+            ..status(1, restarts)
+        };
+        // On node 1 (epoch 2), moved to node 2 (epoch 4) and back to node 1 (epoch 6).
+        apply(&mut s, 2, &place(1));
+        apply(&mut s, 4, &place(2));
+        apply(&mut s, 6, &place(1));
+        assert_eq!(s.placements["p"].epoch("a/0"), Some(6));
+        apply(
+            &mut s,
+            7,
+            &report_cmd(1, vec![("a/0".into(), Some(with_epoch(0, 6)))]),
+        );
+        // The first copy's report, delayed past both moves, must not replace the new one's.
+        apply(
+            &mut s,
+            8,
+            &report_cmd(1, vec![("a/0".into(), Some(with_epoch(9, 2)))]),
+        );
+        assert_eq!(s.runtime["p"].instances["a/0"], with_epoch(0, 6));
+        apply(
+            &mut s,
+            9,
+            &report_cmd(1, vec![("a/0".into(), Some(with_epoch(1, 6)))]),
+        );
+        assert_eq!(s.runtime["p"].instances["a/0"].restarts, 1);
     }
 
     #[test]

@@ -381,6 +381,7 @@ fn instance_status() -> InstanceStatus {
         restarts: 2,
         started_at_ms: AT - 5_000,
         last_exit: Some("exit status: 1".into()),
+        epoch: None,
     }
 }
 

@@ -163,6 +163,7 @@ fn commands() -> Vec<Command> {
                         restarts: 0,
                         started_at_ms: AT,
                         last_exit: None,
+                        epoch: None,
                     }),
                 )],
                 events: vec![RuntimeEvent {

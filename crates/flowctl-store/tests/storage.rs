@@ -382,6 +382,7 @@ async fn every_record_kind_survives_reopen_and_snapshot_install() {
                             restarts: 2,
                             started_at_ms: 3,
                             last_exit: Some("exit code 1".into()),
+                            epoch: None,
                         }),
                     )],
                     events: vec![RuntimeEvent {

@@ -63,6 +63,7 @@ impl Running {
             restarts: self.restarts,
             started_at_ms: self.started_at_ms,
             last_exit: self.last_exit.clone(),
+            epoch: self.desired.env.get(EPOCH_ENV).and_then(|e| e.parse().ok()),
         }
     }
 }
@@ -190,7 +191,7 @@ fn desired_here(
                     env: {
                         let mut env = instance_env(&spec, c, replica, &endpoints, opts);
                         if let Some(epoch) = placement.epoch(key) {
-                            env.insert("FLOWCTL_EPOCH".into(), epoch.to_string());
+                            env.insert(EPOCH_ENV.into(), epoch.to_string());
                         }
                         env
                     },
@@ -220,8 +221,10 @@ const PER_REPLICA_ENV: [&str; 4] = [
     "FLOWCTL_COMPONENT_ID",
     "FLOWCTL_REPLICA",
     "HEALTH_PORT",
-    "FLOWCTL_EPOCH",
+    EPOCH_ENV,
 ];
+/// The placement epoch of the copy (see `flowctl_state::placements::Placement::epochs`).
+const EPOCH_ENV: &str = "FLOWCTL_EPOCH";
 
 /// A stable hash of what a component version runs, equal across its replicas (FNV-1a).
 fn spec_hash(d: &Desired) -> String {
@@ -486,8 +489,8 @@ pub(super) async fn run_supervisor(
                     // rollout step.
                     let epoch_only = {
                         let (mut a, mut b) = (r.desired.clone(), d.clone());
-                        a.env.remove("FLOWCTL_EPOCH");
-                        b.env.remove("FLOWCTL_EPOCH");
+                        a.env.remove(EPOCH_ENV);
+                        b.env.remove(EPOCH_ENV);
                         a == b
                     };
                     if !epoch_only {
