@@ -142,10 +142,11 @@ async fn create(
 ) -> Result<Vec<String>, Error> {
     // Client creation blocks; keep it off the async workers.
     let owned = brokers.to_owned();
-    let admin: AdminClient<DefaultClientContext> = blocking(move || {
+    let admin: OffWorkerDrop<AdminClient<DefaultClientContext>> = blocking(move || {
         ClientConfig::new()
             .set("bootstrap.servers", &owned)
             .create()
+            .map(OffWorkerDrop::new)
             .map_err(|source| Error::Client {
                 brokers: owned.clone(),
                 source,
@@ -315,6 +316,35 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Runtime(e.to_string()))?
+}
+
+/// Owns a librdkafka client whose destruction (`rd_kafka_destroy`, which joins the client's
+/// threads and, for a consumer, waits for it to close) must not run on an async worker: when
+/// the last handle goes inside a Tokio runtime, the client is dropped on the blocking pool.
+pub(crate) struct OffWorkerDrop<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> OffWorkerDrop<T> {
+    pub(crate) fn new(client: T) -> Self {
+        OffWorkerDrop(Some(client))
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for OffWorkerDrop<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("the client is taken only on drop")
+    }
+}
+
+impl<T: Send + 'static> Drop for OffWorkerDrop<T> {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || drop(client))),
+            Err(_) => drop(client),
+        }
+    }
 }
 
 #[cfg(test)]

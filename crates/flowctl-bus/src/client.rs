@@ -24,7 +24,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::blocking;
+use crate::admin::{blocking, OffWorkerDrop};
 use crate::envelope::{Envelope, Headers};
 use crate::Error;
 
@@ -139,7 +139,7 @@ pub struct Delivered {
 /// An idempotent producer. Cloning gives another handle to the same producer.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: Arc<OffWorkerDrop<FutureProducer>>,
     brokers: String,
 }
 
@@ -152,9 +152,18 @@ impl std::fmt::Debug for Producer {
 }
 
 impl Producer {
-    /// A producer for `brokers` (a comma-separated `host:port` list).
+    /// A producer for `brokers` (a comma-separated `host:port` list). Creating it can block
+    /// (see [`connect`](Self::connect) for async code).
     pub fn new(brokers: &str) -> Result<Self, Error> {
         Self::with_config(brokers, &[])
+    }
+
+    /// Like [`new`](Self::new), created on the blocking pool: librdkafka's client creation
+    /// can wait a long time for its threads (a minute after a clock step was seen), which
+    /// must not stall an async worker of a server.
+    pub async fn connect(brokers: &str) -> Result<Self, Error> {
+        let brokers = brokers.to_owned();
+        blocking(move || Self::new(&brokers)).await
     }
 
     /// Like [`new`](Self::new), with librdkafka properties that override the defaults.
@@ -181,7 +190,7 @@ impl Producer {
             source,
         })?;
         Ok(Producer {
-            inner,
+            inner: Arc::new(OffWorkerDrop::new(inner)),
             brokers: brokers.to_owned(),
         })
     }
@@ -307,7 +316,7 @@ impl ConsumerOptions {
 /// same consumer, so one clone can commit while another receives.
 #[derive(Clone)]
 pub struct Consumer {
-    inner: Arc<StreamConsumer>,
+    inner: Arc<OffWorkerDrop<StreamConsumer>>,
     partitions: Arc<Vec<(String, i32)>>,
 }
 
@@ -365,7 +374,7 @@ impl Consumer {
                 .map_err(|source| Error::Client { brokers, source })
         })
         .await?;
-        let consumer = Arc::new(consumer);
+        let consumer = Arc::new(OffWorkerDrop::new(consumer));
 
         let mut partitions = Vec::new();
         for topic in &options.topics {
@@ -535,7 +544,7 @@ fn offset_list(next_offsets: &BTreeMap<(String, i32), i64>) -> Result<TopicParti
 
 /// Waits until `topic` has partitions in the metadata; returns how many.
 async fn wait_for_partitions(
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<OffWorkerDrop<StreamConsumer>>,
     topic: &str,
     cancel: &CancellationToken,
 ) -> Result<i32, Error> {

@@ -702,7 +702,8 @@ impl pb::dlq_service_server::DlqService for DlqApi {
         let (pipeline, ids) = self.targets(&req).await?;
         let what = format!("dlq/{pipeline} ({} entries)", ids.len());
         let brokers = self.brokers_for(&pipeline)?;
-        let producer = Producer::new(&brokers)
+        let producer = Producer::connect(&brokers)
+            .await
             .map_err(|e| ServiceError::Unavailable(format!("Kafka producer: {e}")))?;
         let mut results = Vec::with_capacity(ids.len());
         for id in ids {
