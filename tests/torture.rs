@@ -12,9 +12,9 @@
 //!   linearizable get), component registrations as a set (register, list), components kept
 //!   alive by a heartbeat loop (so the registry may only grow: an expiry would be a lost
 //!   element).
-//! - The DLQ index: an in-test broker (`flowctl_bus::EmbeddedBroker`) is named by one
-//!   pipeline's `spec.bus.brokers` (`TORTURE_DLQ_BROKERS=flag`: every node's `--kafka-brokers`
-//!   instead); that pipeline's DLQ topic is fed by an in-test writer throughout the run
+//! - The DLQ index: an in-test broker (`flowctl_bus::EmbeddedBroker`) is every node's
+//!   `--kafka-brokers` (`TORTURE_DLQ_BROKERS=spec`: named by one pipeline's `spec.bus.brokers`
+//!   instead); one pipeline's DLQ topic is fed by an in-test writer throughout the run
 //!   (distinct failed inputs, now and then a second dead letter for an input that has one: a
 //!   redelivery). Once the cluster has recovered, `dlq ls` on every node must list each input
 //!   whose dead letter the broker acknowledged exactly once, with `attempts` equal to the dead
@@ -25,7 +25,7 @@
 //!   blocked nothing, a kill of a dead process, a clock step that reached no process).
 //!
 //! `TORTURE_CYCLES` (default 20), `TORTURE_SEED`, `TORTURE_FAULTS` (comma-separated, default
-//! every kind), `TORTURE_DLQ_BROKERS` (`spec`, the default, or `flag`) steer it;
+//! every kind), `TORTURE_DLQ_BROKERS` (`flag`, the default, or `spec`) steer it;
 //! `scripts/torture.sh` runs long versions. The last line printed is
 //! `cycles=N faults=... ops=<ok>/<indeterminate> linearizable=yes lost=0 duplicates=0`.
 
@@ -1073,21 +1073,19 @@ fn torture_history_is_linearizable_under_faults() {
         );
     }
     let mut _tmpfs = None;
-    // The broker outlives the cluster (declared first, dropped last). By default only the
-    // DLQ pipeline names it (`spec.bus.brokers`, replicated: restarted and churned nodes know
-    // it too). With `TORTURE_DLQ_BROKERS=flag` every node gets it as `--kafka-brokers`
-    // (restarted and churned nodes too), so every pipeline, the clients' too, gets topics and
-    // a DLQ indexer on the leader, re-created each time a client re-creates its pipeline. That
-    // mode found librdkafka clients created on the async workers, whose init can wait a
-    // minute after a clock step (consumer and admin creation now run in blocking tasks); it
-    // still stalls a node after a clock step now and then (a producer created, or a client
-    // dropped, on an async worker), so it is not the default yet.
+    // The broker outlives the cluster (declared first, dropped last). By default every node
+    // gets it as `--kafka-brokers` (restarted and churned nodes too), so every pipeline, the
+    // clients' too, gets topics and a DLQ indexer on the leader, re-created each time a client
+    // re-creates its pipeline. That mode found librdkafka clients created and destroyed on the
+    // async workers, whose init can wait a minute after a clock step (now both happen on the
+    // blocking pool). With `TORTURE_DLQ_BROKERS=spec` only the DLQ pipeline names it
+    // (`spec.bus.brokers`, replicated: restarted and churned nodes know it too).
     let brokers_flag = match std::env::var("TORTURE_DLQ_BROKERS") {
-        Ok(s) if s == "flag" => true,
-        Ok(s) if !s.is_empty() && s != "spec" => {
+        Ok(s) if s == "spec" => false,
+        Ok(s) if !s.is_empty() && s != "flag" => {
             panic!("TORTURE_DLQ_BROKERS: flag or spec, not {s:?}")
         }
-        _ => false,
+        _ => true,
     };
     let broker = EmbeddedBroker::start(1).unwrap();
     let brokers = broker.bootstrap_servers().to_owned();
