@@ -10,19 +10,22 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The deployment tests run the example components as real child processes.
 cargo build --workspace --bins
-# The Docker engine tests run apart (below), where an engine can run.
+# The Docker tests (the engine client, the docker driver) run apart (below), where an engine
+# can run.
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast -E 'not binary(docker_engine)'
+    cargo nextest run --workspace --no-fail-fast -E 'not binary(docker_engine) and not binary(docker_driver)'
 else
-    cargo test --workspace --no-fail-fast -- --skip docker_engine
+    cargo test --workspace --no-fail-fast -- --skip docker_engine --skip images_run_as_containers \
+        --skip a_node_without_allowed_images
 fi
 # The Docker engine: started here when none answers, stopped afterwards if started here. Where
 # no engine can run (a chroot without cgroups, say), this says so and why; it is not a pass.
 if docker_host=$(./scripts/docker.sh start); then
     DOCKER_HOST=$docker_host cargo test -p flowctl-server --test docker_engine
+    DOCKER_HOST=$docker_host cargo test -p flowctl-cli --test docker_driver
     ./scripts/docker.sh stop
 else
-    echo "test.sh: NOT RUN: the Docker engine tests (no Docker engine can run on this machine; see above)" >&2
+    echo "test.sh: NOT RUN: the Docker engine and docker driver tests (no Docker engine can run on this machine; see above)" >&2
 fi
 # The data-plane test again, against a real Kafka-protocol broker process (tansu).
 ./scripts/real-broker-test.sh

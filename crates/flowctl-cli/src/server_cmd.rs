@@ -5,7 +5,7 @@ use clap::Args;
 use flowctl_server::config::{
     DEFAULT_KAFKA_BROKERS, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_METRICS_PORT, DEFAULT_PORT,
 };
-use flowctl_server::deploy::{AllowedCommands, RunAs};
+use flowctl_server::deploy::{AllowedCommands, AllowedImages, RunAs};
 use flowctl_server::ServerConfig;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -58,6 +58,11 @@ pub struct ServerArgs {
     /// directory of this flowctl binary.
     #[arg(long, value_delimiter = ',')]
     allowed_commands: Vec<String>,
+    /// Images the docker driver may run, as glob patterns over the image reference as the
+    /// pipeline writes it (`flowctl/*`; `*` allows every image). Default: none, so this node
+    /// runs no containers.
+    #[arg(long, value_delimiter = ',')]
+    allowed_images: Vec<String>,
     /// Run component instances as this user (NAME or UID[:GID]); needs root.
     #[arg(long)]
     run_as: Option<String>,
@@ -317,6 +322,7 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<()> {
             AllowedCommands::new(a.allowed_commands.clone())
         }
         .map_err(anyhow::Error::msg)?,
+        allowed_images: AllowedImages::new(a.allowed_images.clone()).map_err(anyhow::Error::msg)?,
         run_as: a
             .run_as
             .as_deref()

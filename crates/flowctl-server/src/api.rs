@@ -65,9 +65,9 @@ impl Api {
             let placed = placement
                 .as_ref()
                 .is_some_and(|p| p.generation == r.generation);
-            status = if v.spec().driver != flowctl_spec::Driver::Process {
-                // Only the process driver has a runtime here; the pipeline is stored, not run.
-                "NotDeployed"
+            status = if v.spec().driver == flowctl_spec::Driver::Kubernetes {
+                // Kubernetes runs those workloads; flowctl stores the pipeline, not runs it.
+                "External"
             } else if !placed {
                 "Deploying"
             } else if ready == desired {

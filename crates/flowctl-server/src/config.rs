@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub raft: RaftOptions,
     /// The programs the process driver may start (`--allowed-commands`).
     pub allowed_commands: crate::deploy::AllowedCommands,
+    /// The images the docker driver may run (`--allowed-images`); none by default.
+    pub allowed_images: crate::deploy::AllowedImages,
     /// The user instances run as (`--run-as`).
     pub run_as: Option<crate::deploy::RunAs>,
     /// Serve gRPC server reflection (`--enable-reflection`), both v1 and v1alpha.

@@ -77,6 +77,10 @@ pub struct ContainerSpec {
     pub network: String,
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
+    /// `uid:gid` to run as; `None`: the image's user.
+    pub user: Option<String>,
+    /// Host files or directories bound read-only: (host path, path in the container).
+    pub read_only_mounts: Vec<(String, String)>,
 }
 
 /// What the engine says of a container.
@@ -261,7 +265,14 @@ impl Engine {
             cmd: (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
+            user: spec.user.clone(),
             host_config: Some(HostConfig {
+                binds: (!spec.read_only_mounts.is_empty()).then(|| {
+                    spec.read_only_mounts
+                        .iter()
+                        .map(|(host, inside)| format!("{host}:{inside}:ro"))
+                        .collect()
+                }),
                 network_mode: Some(spec.network.clone()),
                 nano_cpus: spec
                     .cpu_millis

@@ -60,6 +60,8 @@ fn spec(name: &str, script: &str, node: &str) -> ContainerSpec {
         network: "host".into(),
         cpu_millis: Some(500),
         memory_bytes: Some(64 << 20),
+        user: None,
+        read_only_mounts: vec![],
     }
 }
 

@@ -126,7 +126,8 @@ impl Driver {
         }
     }
 
-    /// Whether the driver runs container images (and so needs `image`, not `command`).
+    /// Whether the driver runs container images (and so needs `image`; `command` then
+    /// overrides the entrypoint).
     pub fn runs_images(self) -> bool {
         !matches!(self, Self::Process)
     }
@@ -322,11 +323,11 @@ impl Default for Bus {
     }
 }
 
-/// One source, processor or sink. Set exactly one of `command` (with the `process` driver)
-/// and `image` (with a container driver).
+/// One source, processor or sink. Set `command` with the `process` driver, `image` with a
+/// container driver (where `command`, if set, overrides the image's entrypoint).
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(extend("oneOf" = [{"required": ["command"]}, {"required": ["image"]}]))]
+#[schemars(extend("anyOf" = [{"required": ["command"]}, {"required": ["image"]}]))]
 pub struct Component {
     /// Unique within the pipeline; a DNS label. Agents see it as `FLOWCTL_COMPONENT_ID`.
     pub id: ComponentId,
@@ -342,7 +343,8 @@ pub struct Component {
     /// Default: `IfNotPresent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<PullPolicy>,
-    /// Program and arguments to run (the `process` driver), such as `["ttp-processor"]`.
+    /// Program and arguments to run (the `process` driver), such as `["ttp-processor"]`;
+    /// with a container driver, the entrypoint that replaces the image's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     /// Extra arguments, appended to `command` or passed to the image's entrypoint.

@@ -806,10 +806,13 @@ impl Walker {
                 }
             }
         };
-        // Exactly one way to start the component, and one the driver can use.
+        // One way to start the component that the driver can use: a program (`command`)
+        // for the process driver; an image for the container drivers, where `command` may
+        // override the image's entrypoint.
         let image_given = f.get("image").is_some();
         let command_given = f.get("command").is_some();
         match (command_given, image_given) {
+            (true, true) if driver.is_some_and(Driver::runs_images) => {}
             (true, true) => {
                 self.err(
                     path,
@@ -840,7 +843,9 @@ impl Walker {
                 self.err(
                     f.path("command"),
                     f.get("command").map_or(node.pos, |n| n.pos),
-                    format!("the {driver} driver runs container images; use image"),
+                    format!(
+                        "the {driver} driver runs container images; use image (command then overrides its entrypoint)"
+                    ),
                 );
                 ok = false;
             }

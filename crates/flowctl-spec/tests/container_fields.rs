@@ -49,6 +49,20 @@ fn pull_policies_are_accepted_with_container_drivers() {
 }
 
 #[test]
+fn command_overrides_the_entrypoint_with_container_drivers() {
+    for driver in ["docker", "kubernetes"] {
+        let p = valid(&doc(
+            driver,
+            "",
+            "      command: [\"/usr/local/bin/src\", \"--verbose\"]\n      args: [\"x\"]\n",
+        ));
+        assert_eq!(src(&p).command, ["/usr/local/bin/src", "--verbose"]);
+        assert_eq!(src(&p).args, ["x"]);
+        assert_eq!(src(&p).image.as_deref(), Some("example/src:1"));
+    }
+}
+
+#[test]
 fn pull_policy_serializes_in_kubernetes_spelling() {
     let p = valid(&doc(
         "docker",

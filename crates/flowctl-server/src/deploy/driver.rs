@@ -13,12 +13,12 @@
 //! - [`Instance::pid`] is its process id, if it has one, for its status and events.
 //!
 //! Rust's `async fn` in traits are not object-safe, so the handle is an enum with one variant
-//! per driver and each method `match`es on it; no boxing and no new dependencies. Today the
-//! `process` driver ([`ProcessInstance`]) is the only one. A second driver (Docker containers
-//! through the Engine API) adds a variant, one arm to each method, and the choice of the
-//! driver in [`Instance::start`] (from a field of `Desired` that `desired_here` fills from the
-//! spec's `driver`); the supervisor does not change.
+//! per driver and each method `match`es on it; no boxing and no new dependencies. The
+//! `process` driver is [`ProcessInstance`], the `docker` driver [`ContainerInstance`]; which
+//! one starts an instance is decided by `Desired::container`, which `desired_here` fills from
+//! the spec's `driver`.
 
+use super::container::ContainerInstance;
 use super::process::ProcessInstance;
 use super::supervisor::Desired;
 use super::DeployOptions;
@@ -27,6 +27,8 @@ use super::DeployOptions;
 pub(super) enum Instance {
     /// A child process of this node (the `process` driver).
     Process(ProcessInstance),
+    /// A container on this node's Docker engine (the `docker` driver).
+    Container(ContainerInstance),
 }
 
 impl Instance {
@@ -36,15 +38,32 @@ impl Instance {
         opts: &DeployOptions,
         tracker: &tokio_util::task::TaskTracker,
     ) -> std::io::Result<Instance> {
-        ProcessInstance::start(d, opts, tracker)
-            .await
-            .map(Instance::Process)
+        match &d.container {
+            None => ProcessInstance::start(d, opts, tracker)
+                .await
+                .map(Instance::Process),
+            Some(run) => ContainerInstance::start(d, run, opts, tracker)
+                .await
+                .map(Instance::Container),
+        }
+    }
+
+    /// What the instance is, for its events: `pid 42`, or `container 3f9a0c1b2d4e, pid 42`.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Instance::Process(p) => format!("pid {}", p.pid().unwrap_or(0)),
+            Instance::Container(c) => match c.pid() {
+                Some(pid) => format!("container {}, pid {pid}", c.short_id()),
+                None => format!("container {}", c.short_id()),
+            },
+        }
     }
 
     /// Stops the instance: asks it to exit, then forces it after `STOP_GRACE`.
     pub(super) async fn stop(&mut self) {
         match self {
             Instance::Process(p) => p.stop().await,
+            Instance::Container(c) => c.stop().await,
         }
     }
 
@@ -53,6 +72,7 @@ impl Instance {
     pub(super) async fn exited(&mut self) -> Option<(bool, String)> {
         match self {
             Instance::Process(p) => p.exited(),
+            Instance::Container(c) => c.exited().await,
         }
     }
 
@@ -60,6 +80,7 @@ impl Instance {
     pub(super) fn pid(&self) -> Option<u32> {
         match self {
             Instance::Process(p) => p.pid(),
+            Instance::Container(c) => c.pid(),
         }
     }
 }

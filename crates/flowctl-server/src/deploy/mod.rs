@@ -1,4 +1,4 @@
-//! Deployment with the `process` driver.
+//! Deployment with the `process` and `docker` drivers.
 //!
 //! ```text
 //! leader:   scheduler ── probes members ── places every instance on a live node ──▶ SetPlacement
@@ -21,14 +21,18 @@
 //! - `supervisor`: every node's reconcile loop: restart policy and backoff, rolling
 //!   replacement, fencing, runtime reports and events.
 //! - `driver`: the interface the supervisor runs instances through (start, stop, exit, pid).
-//! - `process`: the `process` driver, its one implementation today: child processes, their
-//!   process groups, and their log files.
+//! - `process`: the `process` driver: child processes, their process groups, and their log
+//!   files.
+//! - `container`: the `docker` driver: containers on the node's Docker engine, their output
+//!   in the same log files, and the removal of a crashed run's containers.
 
+mod container;
 mod driver;
 mod process;
 mod scheduler;
 mod supervisor;
 
+pub use container::{AllowedImages, DockerAccess};
 pub use process::{log_path, AllowedCommands, RunAs, LOG_CAP_BYTES};
 
 use crate::spec_cache::SpecCache;
@@ -72,6 +76,12 @@ pub struct DeployOptions {
     pub allowed: AllowedCommands,
     /// The user instances run as (`--run-as`); `None` keeps the server's own.
     pub run_as: Option<RunAs>,
+    /// The images the docker driver may run (`--allowed-images`), and the engine.
+    pub docker: DockerAccess,
+    /// This node's id, and the cluster's (empty until the node knows it; the supervisor
+    /// fills it in), for the labels of its containers.
+    pub node_id: u64,
+    pub cluster_id: String,
     /// The cluster's peer secret: each instance gets its own agent token from it
     /// (`FLOWCTL_TOKEN`).
     pub peer: Option<crate::auth::Secret>,

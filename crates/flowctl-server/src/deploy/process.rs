@@ -65,7 +65,7 @@ impl AllowedCommands {
 }
 
 /// `*` matches any run of bytes, `?` any one byte; everything else itself.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+pub(super) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     // Where the last `*` was, and the text position it has consumed up to.
     let mut star: Option<(usize, usize)> = None;
@@ -186,14 +186,7 @@ async fn start_instance(
     opts: &DeployOptions,
     tracker: &tokio_util::task::TaskTracker,
 ) -> std::io::Result<tokio::process::Child> {
-    let path = log_path(&opts.data_dir, &d.pipeline, &d.key);
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await?;
-    }
-    // Keep the previous run's output for `logs --previous`.
-    if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-        let _ = tokio::fs::rename(&path, path.with_extension("prev.log")).await;
-    }
+    let path = prepare_log(opts, d).await?;
     let workdir = opts
         .data_dir
         .join("work")
@@ -227,13 +220,36 @@ async fn start_instance(
     die_with_parent(&mut cmd);
     let mut child = cmd.spawn()?;
     if let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) {
-        let (tx, rx) = tokio::sync::mpsc::channel::<String>(1024);
+        let tx = log_writer(path, tracker);
         let tx2 = tx.clone();
         tracker.spawn(pump(tokio::io::BufReader::new(out), tx));
         tracker.spawn(pump(tokio::io::BufReader::new(err), tx2));
-        tracker.spawn(write_log(path, rx));
     }
     Ok(child)
+}
+
+/// Makes the directory of `d`'s log file and keeps the previous run's output as `.prev.log`
+/// (for `logs --previous`); returns the log file's path. Both drivers call it at each start.
+pub(super) async fn prepare_log(opts: &DeployOptions, d: &Desired) -> std::io::Result<PathBuf> {
+    let path = log_path(&opts.data_dir, &d.pipeline, &d.key);
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        let _ = tokio::fs::rename(&path, path.with_extension("prev.log")).await;
+    }
+    Ok(path)
+}
+
+/// Starts the task (on `tracker`) that appends the lines sent to it to the log file at
+/// `path`; it ends when every sender is gone.
+pub(super) fn log_writer(
+    path: PathBuf,
+    tracker: &tokio_util::task::TaskTracker,
+) -> tokio::sync::mpsc::Sender<String> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(1024);
+    tracker.spawn(write_log(path, rx));
+    tx
 }
 
 /// Where a component's `command` is: a path (with a `/`) as given; a bare name on the `PATH`

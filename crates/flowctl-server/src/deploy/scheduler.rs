@@ -15,8 +15,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Whether a stored document uses the `process` driver (the default).
-fn runs_as_processes(canonical: &str) -> bool {
+/// Whether a stored document uses a driver that flowctl runs itself: `process` (the default)
+/// or `docker` (`kubernetes` workloads are Kubernetes' to run).
+fn deployed_by_flowctl(canonical: &str) -> bool {
     #[derive(serde::Deserialize)]
     struct Doc {
         #[serde(default)]
@@ -28,7 +29,10 @@ fn runs_as_processes(canonical: &str) -> bool {
         driver: Option<String>,
     }
     match serde_json::from_str::<Doc>(canonical) {
-        Ok(d) => d.spec.driver.is_none_or(|d| d == "process"),
+        Ok(d) => d
+            .spec
+            .driver
+            .is_none_or(|d| d == "process" || d == "docker"),
         Err(_) => true,
     }
 }
@@ -94,15 +98,15 @@ pub(super) async fn run_scheduler(
             continue;
         }
         // Copy only what is needed: names and generations, the documents not yet parsed at
-        // their generation, and the (process-driver only) placements.
+        // their generation, and the placements.
         let (pipelines, placements, all_names) = node
             .read_stale(|s| {
                 let pipelines: Vec<(String, u64, Option<String>)> = s
                     .pipelines
                     .values()
-                    // Only process-driver pipelines are deployed; the driver is read from the
+                    // Only process- and docker-driver pipelines are deployed here; the driver is read from the
                     // canonical JSON, which is much cheaper than validating the YAML again.
-                    .filter(|p| runs_as_processes(&p.canonical))
+                    .filter(|p| deployed_by_flowctl(&p.canonical))
                     .map(|p| {
                         let yaml = specs
                             .cached(&p.name, p.generation)
@@ -135,8 +139,8 @@ pub(super) async fn run_scheduler(
             let Some(spec) = spec else {
                 continue;
             };
-            if spec.spec().driver != flowctl_spec::Driver::Process {
-                // Only the process driver has a runtime here; other pipelines are stored, not run.
+            if spec.spec().driver == flowctl_spec::Driver::Kubernetes {
+                // Kubernetes runs those workloads; they are stored, not run here.
                 continue;
             }
             let old = placements.get(name);

@@ -4,9 +4,11 @@
 //! ([`may_replace`]), stops everything when the node is fenced (no quorum for `node_grace`),
 //! and reports its instances' status and events ([`Reporter`]).
 
+use super::container::{remove_orphans, ContainerRun};
 use super::driver::Instance;
 use super::{DeployOptions, QUORUM_CHECK, REPORT_TIMEOUT, TICK};
 use crate::clock::now_ms;
+use crate::docker::Pull;
 use crate::spec_cache::SpecCache;
 use flowctl_raft::RaftNode;
 use flowctl_spec::{Component, RestartPolicy, ValidatedPipeline};
@@ -31,6 +33,19 @@ pub(super) struct Desired {
     pub(super) args: Vec<String>,
     pub(super) env: BTreeMap<String, String>,
     pub(super) policy: RestartPolicy,
+    /// Set under the `docker` driver: what the container runs (`program` is then empty and
+    /// `args` the container's command).
+    pub(super) container: Option<ContainerRun>,
+}
+
+impl Desired {
+    /// The program or image, for events.
+    fn what(&self) -> &str {
+        match &self.container {
+            Some(c) => &c.image,
+            None => &self.program,
+        }
+    }
 }
 
 struct Running {
@@ -175,18 +190,42 @@ fn desired_here(
             let Some((_, c)) = spec.components().find(|(_, c)| c.id.as_str() == cid) else {
                 continue;
             };
-            let Some((program, rest)) = c.command.split_first() else {
-                continue;
+            let (program, args, container) = match spec.spec().driver {
+                flowctl_spec::Driver::Docker => {
+                    let Some(image) = &c.image else {
+                        continue;
+                    };
+                    let run = ContainerRun {
+                        image: image.clone(),
+                        pull: match c.pull_policy() {
+                            flowctl_spec::PullPolicy::IfNotPresent => Pull::IfNotPresent,
+                            flowctl_spec::PullPolicy::Never => Pull::Never,
+                            flowctl_spec::PullPolicy::Always => Pull::Always,
+                        },
+                        entrypoint: (!c.command.is_empty()).then(|| c.command.clone()),
+                        network: spec.spec().docker_network().unwrap_or("host").to_owned(),
+                        cpu_millis: c.resources.as_ref().and_then(|r| r.cpu_millis()),
+                        memory_bytes: c.resources.as_ref().and_then(|r| r.memory_bytes()),
+                    };
+                    (String::new(), c.args.clone(), Some(run))
+                }
+                flowctl_spec::Driver::Process => {
+                    let Some((program, rest)) = c.command.split_first() else {
+                        continue;
+                    };
+                    let mut args = rest.to_vec();
+                    args.extend(c.args.iter().cloned());
+                    (program.clone(), args, None)
+                }
+                flowctl_spec::Driver::Kubernetes => continue,
             };
-            let mut args = rest.to_vec();
-            args.extend(c.args.iter().cloned());
             out.insert(
                 (name.clone(), key.clone()),
                 Desired {
                     pipeline: name.clone(),
                     key: key.clone(),
                     component: cid.to_owned(),
-                    program: program.clone(),
+                    program,
                     args,
                     env: {
                         let mut env = instance_env(&spec, c, replica, &endpoints, opts);
@@ -196,6 +235,7 @@ fn desired_here(
                         env
                     },
                     policy: c.restart_policy,
+                    container,
                 },
             );
         }
@@ -217,10 +257,14 @@ const MAX_PENDING_EVENTS: usize = 256;
 /// Environment entries that differ between replicas of one component version.
 /// (`FLOWCTL_EPOCH` differs between placements of one replica, too: an instance that stays on
 /// its node keeps its epoch, so it never changes under a running copy.)
-const PER_REPLICA_ENV: [&str; 4] = [
+/// (`FLOWCTL_TOKEN` too: each instance's own token names its component id, so with
+/// authentication on it differs between replicas; left in, it stalled every rollout of a
+/// component with more than one replica after its first.)
+const PER_REPLICA_ENV: [&str; 5] = [
     "FLOWCTL_COMPONENT_ID",
     "FLOWCTL_REPLICA",
     "HEALTH_PORT",
+    "FLOWCTL_TOKEN",
     EPOCH_ENV,
 ];
 /// The placement epoch of the copy (see `flowctl_state::placements::Placement::epochs`).
@@ -246,6 +290,10 @@ fn spec_hash(d: &Desired) -> String {
         }
     }
     feed(&format!("{:?}", d.policy));
+    // What a container runs: image, pull policy, entrypoint, network and limits.
+    if let Some(c) = &d.container {
+        feed(&format!("{c:?}"));
+    }
     format!("{h:016x}")
 }
 
@@ -402,10 +450,13 @@ impl Reporter {
 pub(super) async fn run_supervisor(
     node: RaftNode,
     specs: SpecCache,
-    opts: DeployOptions,
+    mut opts: DeployOptions,
     cancel: CancellationToken,
 ) {
     let mut running: BTreeMap<(String, String), Running> = BTreeMap::new();
+    // Containers of an earlier run of this node are removed once the cluster id (their
+    // label) is known, before anything is started.
+    let mut orphans_removed = false;
     let mut reporter = Reporter {
         node: node.clone(),
         events: Vec::new(),
@@ -420,6 +471,14 @@ pub(super) async fn run_supervisor(
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
+        }
+        if !orphans_removed {
+            let id = node.cluster_id();
+            if !id.is_empty() {
+                opts.cluster_id = id;
+                remove_orphans(&opts).await;
+                orphans_removed = true;
+            }
         }
         let silent = quorum.age();
         if (silent >= opts.node_grace) != fenced {
@@ -615,10 +674,11 @@ async fn launch(
         Ok(i) => {
             let pid = i.pid().unwrap_or(0);
             tracing::info!(pipeline = %d.pipeline, instance = %d.key, pid, restarts = r.restarts, "{}", reason.to_lowercase());
+            let what = i.describe();
             let message = match reason {
-                "Restarted" => format!("pid {pid}, restart {}", r.restarts),
-                "Replaced" => format!("pid {pid}, with the changed spec {}", r.hash),
-                _ => format!("pid {pid}"),
+                "Restarted" => format!("{what}, restart {}", r.restarts),
+                "Replaced" => format!("{what}, with the changed spec {}", r.hash),
+                _ => what,
             };
             reporter.event(&d.pipeline, &d.key, reason, message, reason == "Restarted");
             r.instance = Some(i);
@@ -629,7 +689,7 @@ async fn launch(
                 &d.pipeline,
                 &d.key,
                 "StartFailed",
-                format!("cannot start {:?}: {e}", d.program),
+                format!("cannot start {:?}: {e}", d.what()),
                 true,
             );
             r.instance = None;
@@ -661,10 +721,12 @@ mod tests {
             args: vec!["-v".into()],
             env: [
                 ("FLOWCTL_COMPONENT_ID".to_owned(), id.to_owned()),
+                ("FLOWCTL_TOKEN".to_owned(), format!("token-of-{id}")),
                 ("KAFKA_BROKERS".to_owned(), brokers.to_owned()),
             ]
             .into(),
             policy: RestartPolicy::Always,
+            container: None,
         };
         assert_eq!(
             spec_hash(&d("c-0", "b:9092")),
@@ -674,6 +736,58 @@ mod tests {
             spec_hash(&d("c-0", "b:9092")),
             spec_hash(&d("c-0", "b:9093"))
         );
+    }
+
+    #[test]
+    fn spec_hash_covers_what_a_container_runs() {
+        let run = ContainerRun {
+            image: "flowctl/ttp-processor:dev".into(),
+            pull: Pull::IfNotPresent,
+            entrypoint: None,
+            network: "host".into(),
+            cpu_millis: None,
+            memory_bytes: None,
+        };
+        let d = |run: ContainerRun| Desired {
+            pipeline: "p".into(),
+            key: "c/0".into(),
+            component: "c".into(),
+            program: String::new(),
+            args: vec![],
+            env: BTreeMap::new(),
+            policy: RestartPolicy::Always,
+            container: Some(run),
+        };
+        let base = spec_hash(&d(run.clone()));
+        let changed = [
+            ContainerRun {
+                image: "flowctl/ttp-processor:v2".into(),
+                ..run.clone()
+            },
+            ContainerRun {
+                pull: Pull::Always,
+                ..run.clone()
+            },
+            ContainerRun {
+                entrypoint: Some(vec!["/bin/x".into()]),
+                ..run.clone()
+            },
+            ContainerRun {
+                network: "bridge".into(),
+                ..run.clone()
+            },
+            ContainerRun {
+                cpu_millis: Some(500),
+                ..run.clone()
+            },
+            ContainerRun {
+                memory_bytes: Some(64 << 20),
+                ..run.clone()
+            },
+        ];
+        for c in changed {
+            assert_ne!(spec_hash(&d(c.clone())), base, "{c:?}");
+        }
     }
 
     #[test]
