@@ -273,7 +273,12 @@ fn images_run_as_containers_roll_on_a_new_image_and_leave_no_orphans() {
         doc(name, &format!("{REPO}:v2"), &format!("{REPO}:v1"), "Never"),
     )
     .unwrap();
-    apply(&c, &file);
+    let said = apply(&c, &file);
+    assert!(
+        said.contains(&format!("restart proc (image {REPO}:v1 → {REPO}:v2)"))
+            && !said.contains("restart src"),
+        "{said}"
+    );
     wait_until(Duration::from_secs(90), || {
         let h = healthy(&c);
         let replaced = events(&c, name)

@@ -282,7 +282,16 @@ pub async fn apply(g: &Global, file: &str, opts: &ApplyOptions) -> anyhow::Resul
                     );
                 }
                 for ch in &resp.changes {
-                    println!("  {} {}", ch.action, ch.component);
+                    if ch.changed.is_empty() {
+                        println!("  {} {}", ch.action, ch.component);
+                    } else {
+                        println!(
+                            "  {} {} ({})",
+                            ch.action,
+                            ch.component,
+                            ch.changed.join(", ")
+                        );
+                    }
                 }
                 if dry_run && result != "unchanged" {
                     for l in line_diff(&resp.stored_yaml, &yaml) {
@@ -302,7 +311,7 @@ pub async fn apply(g: &Global, file: &str, opts: &ApplyOptions) -> anyhow::Resul
                 v["changes"] = json!(resp
                     .changes
                     .iter()
-                    .map(|c| json!({"component": c.component, "action": c.action}))
+                    .map(|c| json!({"component": c.component, "action": c.action, "changed": c.changed}))
                     .collect::<Vec<_>>());
                 reports.push(v);
             }

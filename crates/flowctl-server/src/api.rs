@@ -223,9 +223,10 @@ impl pb::pipeline_service_server::PipelineService for Api {
             changes: report
                 .changes
                 .into_iter()
-                .map(|(component, action)| pb::ComponentChange {
-                    component,
-                    action: action.to_owned(),
+                .map(|c| pb::ComponentChange {
+                    component: c.id,
+                    action: c.action.to_owned(),
+                    changed: c.changed,
                 })
                 .collect(),
             stored_yaml: report.stored_yaml,

@@ -27,8 +27,8 @@ pub struct ApplyReport {
     pub record: Option<PipelineRecord>,
     pub result: ApplyResult,
     pub applied_index: u64,
-    /// Per component: start, restart or stop.
-    pub changes: Vec<(String, &'static str)>,
+    /// Per component: start, restart (with what changed) or stop.
+    pub changes: Vec<flowctl_spec::ComponentChange>,
     /// The document stored before this apply (empty if none).
     pub stored_yaml: String,
 }
@@ -70,7 +70,7 @@ pub async fn apply(
     let old = stored
         .as_ref()
         .and_then(|r| specs.get(&r.name, r.generation, &r.spec_yaml));
-    let changes = flowctl_spec::component_changes(old.as_deref(), &validated);
+    let changes = flowctl_spec::component_change_details(old.as_deref(), &validated);
     let stored_yaml = stored
         .as_ref()
         .map(|r| r.spec_yaml.clone())
