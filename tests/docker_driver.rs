@@ -153,9 +153,13 @@ spec:
 }
 
 fn apply(c: &Cluster, file: &std::path::Path) -> String {
+    apply_at(c, 0, file)
+}
+
+fn apply_at(c: &Cluster, n: usize, file: &std::path::Path) -> String {
     let out = c
         .flowctl(
-            0,
+            n,
             &[
                 "apply",
                 "--allow-unregistered-types",
@@ -172,8 +176,8 @@ fn apply(c: &Cluster, file: &std::path::Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn healthy(c: &Cluster) -> Vec<String> {
-    c.json(0, &["list", "--timeout", "5"])
+fn healthy_at(c: &Cluster, n: usize) -> Vec<String> {
+    c.json(n, &["list", "--timeout", "5"])
         .map(|v| {
             v.as_array()
                 .unwrap()
@@ -186,11 +190,33 @@ fn healthy(c: &Cluster) -> Vec<String> {
 }
 
 fn describe(c: &Cluster, name: &str) -> serde_json::Value {
-    c.json(0, &["describe", "pipeline", name]).unwrap()
+    describe_at(c, 0, name)
+}
+
+fn describe_at(c: &Cluster, n: usize, name: &str) -> serde_json::Value {
+    c.json(n, &["describe", "pipeline", name])
+        .unwrap_or_default()
 }
 
 fn events(c: &Cluster, name: &str) -> Vec<serde_json::Value> {
-    describe(c, name)["events"].as_array().unwrap().clone()
+    events_at(c, 0, name)
+}
+
+fn events_at(c: &Cluster, n: usize, name: &str) -> Vec<serde_json::Value> {
+    describe_at(c, n, name)["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Containers of `pipeline` (running or not): name → labels.
+fn labelled(
+    rt: &tokio::runtime::Runtime,
+    e: &Engine,
+    pipeline: &str,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    rt.block_on(e.list(&[(LABEL_PIPELINE.to_owned(), pipeline.to_owned())].into()))
+        .unwrap()
 }
 
 #[test]
@@ -198,12 +224,14 @@ fn images_run_as_containers_roll_on_a_new_image_and_leave_no_orphans() {
     let rt = rt();
     let e = engine(&rt);
     let mut c = Cluster::start(
-        1,
+        3,
         ClusterOptions {
             extra_args: vec![
                 "--allowed-images".into(),
                 format!("{REPO}:*"),
                 "--heartbeat-ttl".into(),
+                "3".into(),
+                "--node-grace".into(),
                 "3".into(),
             ],
             secure: true,
@@ -217,20 +245,18 @@ fn images_run_as_containers_roll_on_a_new_image_and_leave_no_orphans() {
         pipelines: vec![name.into(), "gone".into()],
     };
     let file = c.dir().join("p.yaml");
-    std::fs::write(
-        &file,
-        doc(name, &format!("{REPO}:v1"), &format!("{REPO}:v1"), "Never"),
-    )
-    .unwrap();
+    let v1 = format!("{REPO}:v1");
+    let v2 = format!("{REPO}:v2");
+    std::fs::write(&file, doc(name, &v1, &v1, "Never")).unwrap();
     apply(&c, &file);
 
     // The containers start, register with their own tokens, and become healthy.
     let all = ["src", "proc-0", "proc-1", "sink"];
-    wait_until(Duration::from_secs(60), || {
-        let h = healthy(&c);
+    let all_healthy = |c: &Cluster, n: usize| {
+        let h = healthy_at(c, n);
         all.iter().all(|id| h.iter().any(|x| x == id))
-    })
-    .unwrap_or_else(|err| {
+    };
+    wait_until(Duration::from_secs(60), || all_healthy(&c, 0)).unwrap_or_else(|err| {
         panic!(
             "containers did not become healthy: {err}\n{:#}\n{}",
             describe(&c, name),
@@ -245,47 +271,49 @@ fn images_run_as_containers_roll_on_a_new_image_and_leave_no_orphans() {
     );
     let st = describe(&c, name);
     assert_eq!(st["status"], "Running", "{st:#}");
-    let started = events(&c, name);
     assert!(
-        started.iter().any(|e| e["reason"] == "Started"
+        events(&c, name).iter().any(|e| e["reason"] == "Started"
             && e["message"].as_str().unwrap().starts_with("container ")),
-        "{started:?}"
+        "{:?}",
+        events(&c, name)
     );
 
-    // Their output lands in the same log files, read by `flowctl logs`.
+    // Their output lands in the same log files, read by `flowctl logs` from any node.
     wait_until(Duration::from_secs(10), || {
-        c.flowctl(0, &["logs", "proc", "--pipeline", name])
+        c.flowctl(2, &["logs", "proc", "--pipeline", name])
             .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
     })
-    .unwrap_or_else(|err| {
-        let o = c.flowctl(0, &["logs", "proc", "--pipeline", name]).unwrap();
-        panic!(
-            "no container output through flowctl logs: {err}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    });
+    .unwrap_or_else(|err| panic!("no container output through flowctl logs: {err}"));
+
+    // A container killed from outside is restarted by its restart policy.
+    rt.block_on(e.stop(&first["sink/0"], Duration::ZERO))
+        .unwrap();
+    wait_until(Duration::from_secs(30), || {
+        events(&c, name)
+            .iter()
+            .any(|e| e["instance"] == "sink/0" && e["reason"] == "Restarted")
+            && rt
+                .block_on(e.state(&containers(&rt, &e, name)["sink/0"]))
+                .unwrap()
+                .is_some_and(|s| s.running)
+    })
+    .unwrap_or_else(|err| panic!("not restarted: {err}\n{:#}", describe(&c, name)));
 
     // A new image for the processor, re-applied: a rolling update, one replica at a time,
     // each replaced once the one before it runs the new image and is healthy again.
-    std::fs::write(
-        &file,
-        doc(name, &format!("{REPO}:v2"), &format!("{REPO}:v1"), "Never"),
-    )
-    .unwrap();
+    std::fs::write(&file, doc(name, &v2, &v1, "Never")).unwrap();
     let said = apply(&c, &file);
     assert!(
-        said.contains(&format!("restart proc (image {REPO}:v1 → {REPO}:v2)"))
+        said.contains(&format!("restart proc (image {v1} → {v2})"))
             && !said.contains("restart src"),
         "{said}"
     );
     wait_until(Duration::from_secs(90), || {
-        let h = healthy(&c);
         let replaced = events(&c, name)
             .iter()
             .filter(|e| e["reason"] == "Replaced")
             .count();
-        replaced >= 2 && all.iter().all(|id| h.iter().any(|x| x == id))
+        replaced >= 2 && all_healthy(&c, 0)
     })
     .unwrap_or_else(|err| {
         panic!(
@@ -303,31 +331,11 @@ fn images_run_as_containers_roll_on_a_new_image_and_leave_no_orphans() {
         ["proc/0", "proc/1"],
         "one replica at a time, in order"
     );
-    let after = containers(&rt, &e, name);
-    for key in ["proc/0", "proc/1"] {
-        let state = rt
-            .block_on(async {
-                let id = &after[key];
-                e.state(id).await
-            })
-            .unwrap()
-            .unwrap();
-        assert!(state.running, "{key}: {state:?}");
-    }
     // Unchanged components kept their containers.
-    assert_eq!(after["src/0"], first["src/0"]);
+    assert_eq!(containers(&rt, &e, name)["src/0"], first["src/0"]);
 
     // A missing image under `Never` is a StartFailed event that says so.
-    std::fs::write(
-        &file,
-        doc(
-            name,
-            &format!("{REPO}:v2"),
-            &format!("{REPO}:missing"),
-            "Never",
-        ),
-    )
-    .unwrap();
+    std::fs::write(&file, doc(name, &v2, &format!("{REPO}:missing"), "Never")).unwrap();
     apply(&c, &file);
     wait_until(Duration::from_secs(60), || {
         events(&c, name).iter().any(|e| {
@@ -344,47 +352,71 @@ fn images_run_as_containers_roll_on_a_new_image_and_leave_no_orphans() {
             describe(&c, name)
         )
     });
-
-    // SIGKILL the node: its containers outlive it. Started again, it removes them and
-    // starts its instances afresh: no orphan is left next to the new copies.
-    std::fs::write(
-        &file,
-        doc(name, &format!("{REPO}:v2"), &format!("{REPO}:v1"), "Never"),
-    )
-    .unwrap();
+    std::fs::write(&file, doc(name, &v2, &v1, "Never")).unwrap();
     apply(&c, &file);
     wait_until(Duration::from_secs(60), || {
-        containers(&rt, &e, name).len() == 4
+        containers(&rt, &e, name).len() == 4 && all_healthy(&c, 0)
     })
     .unwrap_or_else(|err| panic!("sink not back: {err}\n{:#}", describe(&c, name)));
-    let before_kill = containers(&rt, &e, name);
-    let pid_of = |n: &String| rt.block_on(e.state(n)).unwrap().and_then(|s| s.pid);
-    let pids_before: Vec<Option<u32>> = before_kill.values().map(pid_of).collect();
-    c.kill(0);
-    assert_eq!(
-        containers(&rt, &e, name),
-        before_kill,
-        "the containers outlive the node"
-    );
-    // And a container of this node for an instance no longer placed anywhere (its pipeline
-    // deleted while the node was down, say): the labels of one of its containers, another
-    // pipeline's name.
-    let mut labels = rt
-        .block_on(e.list(&[(LABEL_PIPELINE.to_owned(), name.to_owned())].into()))
+
+    // SIGKILL the node that runs proc/0: its containers die with it (its reaper removes
+    // them), and the leader moves its instances to the other nodes.
+    let placed = describe(&c, name)["placements"]["proc/0"]
+        .as_str()
         .unwrap()
+        .to_owned();
+    let victim = c.nodes.iter().position(|n| n.addr == placed).unwrap();
+    let other = (victim + 1) % 3;
+    let node_label = |n: &str| -> Option<String> {
+        labelled(&rt, &e, name)
+            .get(n)
+            .map(|l| l["io.flowctl.node"].clone())
+    };
+    let victim_node = node_label(&containers(&rt, &e, name)["proc/0"]).unwrap();
+    let on_victim = || {
+        labelled(&rt, &e, name)
+            .values()
+            .filter(|l| l["io.flowctl.node"] == victim_node)
+            .count()
+    };
+    let mut orphan_labels = labelled(&rt, &e, name)
         .into_values()
-        .next()
+        .find(|l| l["io.flowctl.node"] == victim_node)
         .unwrap();
-    labels.remove("io.flowctl.managed");
-    labels.insert(LABEL_PIPELINE.into(), "gone".into());
-    labels.insert(LABEL_INSTANCE.into(), "src/0".into());
+    c.kill(victim);
+    wait_until(Duration::from_secs(15), || on_victim() == 0).unwrap_or_else(|err| {
+        panic!(
+            "the killed node's containers still run: {err}: {:?}",
+            labelled(&rt, &e, name)
+        )
+    });
+    wait_until(Duration::from_secs(60), || {
+        containers(&rt, &e, name).len() == 4 && all_healthy(&c, other)
+    })
+    .unwrap_or_else(|err| {
+        panic!(
+            "the instances did not come back elsewhere: {err}\n{:#}",
+            describe_at(&c, other, name)
+        )
+    });
+    assert_ne!(
+        node_label(&containers(&rt, &e, name)["proc/0"]).unwrap(),
+        victim_node
+    );
+
+    // A container of that node left by an earlier run whose reaper died too (the machine
+    // crashed, say): the node removes it when it starts.
+    orphan_labels.remove("io.flowctl.managed");
+    orphan_labels.insert("io.flowctl.run".into(), "an-earlier-run".into());
+    orphan_labels.insert(LABEL_PIPELINE.into(), "gone".into());
+    orphan_labels.insert(LABEL_INSTANCE.into(), "src/0".into());
     rt.block_on(e.run(&ContainerSpec {
         name: format!("flowctl-test-orphan-{}", std::process::id()),
-        image: format!("{REPO}:v1"),
+        image: v1.clone(),
         entrypoint: Some(vec!["/usr/local/bin/source-registration".into()]),
         cmd: vec![],
         env: BTreeMap::new(),
-        labels,
+        labels: orphan_labels,
         network: "host".into(),
         cpu_millis: None,
         memory_bytes: None,
@@ -393,43 +425,33 @@ fn images_run_as_containers_roll_on_a_new_image_and_leave_no_orphans() {
     }))
     .unwrap();
     assert_eq!(containers(&rt, &e, "gone").len(), 1);
-    c.restart(0).unwrap();
-    c.wait_ready(0, Duration::from_secs(30)).unwrap();
-    // The orphan goes, and every instance runs in a new container (new pids), healthy.
-    wait_until(Duration::from_secs(60), || {
-        let now = containers(&rt, &e, name);
-        let h = healthy(&c);
+    c.restart(victim).unwrap();
+    c.wait_ready(victim, Duration::from_secs(30)).unwrap();
+    wait_until(Duration::from_secs(30), || {
         containers(&rt, &e, "gone").is_empty()
-            && now.len() == 4
-            && now
-                .values()
-                .map(pid_of)
-                .all(|pid| pid.is_some() && !pids_before.contains(&pid))
-            && all.iter().all(|id| h.iter().any(|x| x == id))
     })
     .unwrap_or_else(|err| {
         panic!(
-            "not back in new containers after the restart: {err}\norphan: {:?}\n{:#}\n{}",
-            containers(&rt, &e, "gone"),
-            describe(&c, name),
-            c.log_tail(0, 30)
+            "the orphan was not removed: {err}\n{}",
+            c.log_tail(victim, 30)
         )
     });
+    assert_eq!(containers(&rt, &e, name).len(), 4);
 
     // Deleting the pipeline stops and removes every container.
-    let out = c.flowctl(0, &["delete", "pipeline", name]).unwrap();
+    let out = c.flowctl(other, &["delete", "pipeline", name]).unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     wait_until(Duration::from_secs(30), || {
-        containers(&rt, &e, name).is_empty()
+        labelled(&rt, &e, name).is_empty()
     })
     .unwrap_or_else(|err| {
         panic!(
             "containers left after delete: {err}: {:?}",
-            containers(&rt, &e, name)
+            labelled(&rt, &e, name)
         )
     });
 }

@@ -181,6 +181,17 @@ enum Command {
         #[command(subcommand)]
         what: dev_cmd::DevCmd,
     },
+    /// Started by a server whose node may run containers: waits until its standard input
+    /// closes (the server is gone), then removes the containers of that server's run.
+    #[command(hide = true)]
+    ContainerReaper {
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        node: u64,
+        #[arg(long)]
+        run: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -258,6 +269,18 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server_cmd::run(*args).await,
+            Command::ContainerReaper { cluster, node, run } => {
+                flowctl_server::deploy::run_reaper(&cluster, node, &run)
+                    .await
+                    .map(|removed| {
+                        if removed > 0 {
+                            eprintln!(
+                                "container-reaper: removed {removed} container(s) of node {node} (run {run})"
+                            );
+                        }
+                    })
+                    .map_err(anyhow::Error::from)
+            }
             Command::Logs(a) => commands::logs(&cli.global, &a).await,
             Command::Apply {
                 file,

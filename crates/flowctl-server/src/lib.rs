@@ -179,6 +179,7 @@ pub async fn run(
             docker: deploy::DockerAccess::new(cfg.allowed_images.clone()),
             node_id: node.id(),
             cluster_id: String::new(),
+            run_id: String::new(),
             peer: peer.clone(),
             cacert: cfg.tls.as_ref().and_then(|t| t.ca.clone()),
         },

@@ -6,10 +6,16 @@
 //! `flowctl logs` works unchanged. Stopping it is SIGTERM, then SIGKILL after `STOP_GRACE`,
 //! and the container is removed.
 //!
-//! Every container is labelled with the cluster, the node, the pipeline, the component, the
-//! replica, the instance key and the placement epoch. A node that starts removes the
-//! containers labelled with its cluster and node ([`remove_orphans`]): whatever it ran before
-//! a crash is started again by its supervisor, or runs elsewhere now.
+//! Every container is labelled with the cluster, the node, the node's run (a random id per
+//! server process), the pipeline, the component, the replica, the instance key and the
+//! placement epoch.
+//!
+//! Containers die with their node, as the process driver's children do: a small reaper
+//! process ([`spawn_reaper`], `flowctl container-reaper`) waits on a pipe from the server and,
+//! when the server is gone however it ended (SIGKILL included), removes the containers of that
+//! run. So the leader may move a dead node's instances without two copies running. Should the
+//! reaper die too (the whole machine), a node that starts removes every container labelled
+//! with its cluster and node ([`remove_orphans`]) before it starts anything.
 
 use super::process::{glob_match, log_writer, prepare_log};
 use super::supervisor::Desired;
@@ -26,6 +32,8 @@ use tokio_stream::StreamExt;
 const CACERT_IN_CONTAINER: &str = "/etc/flowctl/ca.pem";
 /// Label with the placement epoch the container was started for.
 pub const LABEL_EPOCH: &str = "io.flowctl.epoch";
+/// Label with the run (server process) of the node that started the container.
+pub const LABEL_RUN: &str = "io.flowctl.run";
 /// Longest line kept from a container's output; the rest of it is cut.
 const MAX_LINE_BYTES: usize = 64 * 1024;
 
@@ -165,6 +173,7 @@ impl ContainerInstance {
         let mut labels: BTreeMap<String, String> = [
             (LABEL_CLUSTER, opts.cluster_id.clone()),
             (LABEL_NODE, opts.node_id.to_string()),
+            (LABEL_RUN, opts.run_id.clone()),
             (LABEL_PIPELINE, d.pipeline.clone()),
             (LABEL_COMPONENT, cid.to_owned()),
             (LABEL_REPLICA, replica.to_owned()),
@@ -341,6 +350,64 @@ pub(super) async fn remove_orphans(opts: &DeployOptions) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot list this node's containers"),
     }
+}
+
+/// Starts `flowctl container-reaper` for this run when the node may run containers: it
+/// removes this run's containers once this process is gone. The returned child must be kept
+/// for as long as the server runs (its stdin is the pipe the reaper waits on).
+pub(super) fn spawn_reaper(opts: &DeployOptions) -> Option<tokio::process::Child> {
+    if opts.docker.allowed.patterns().is_empty() {
+        return None;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "no container reaper: cannot find the flowctl binary");
+            return None;
+        }
+    };
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args([
+        "container-reaper",
+        "--cluster",
+        &opts.cluster_id,
+        "--node",
+        &opts.node_id.to_string(),
+        "--run",
+        &opts.run_id,
+    ])
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::null())
+    // Its own process group: a Ctrl-C meant for the server must not end it first.
+    .process_group(0)
+    .kill_on_drop(false);
+    match cmd.spawn() {
+        Ok(child) => Some(child),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the container reaper");
+            None
+        }
+    }
+}
+
+/// `flowctl container-reaper`: waits until its standard input closes (the server that started
+/// it is gone), then removes the containers of that server's run.
+pub async fn run_reaper(cluster: &str, node: u64, run: &str) -> Result<usize, DockerError> {
+    let _ =
+        tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+            .await;
+    let engine = Engine::connect().await?;
+    let labels: BTreeMap<String, String> = [
+        (LABEL_CLUSTER.to_owned(), cluster.to_owned()),
+        (LABEL_NODE.to_owned(), node.to_string()),
+        (LABEL_RUN.to_owned(), run.to_owned()),
+    ]
+    .into();
+    let found = engine.list(&labels).await?;
+    for name in found.keys() {
+        engine.remove(name).await?;
+    }
+    Ok(found.len())
 }
 
 #[cfg(test)]

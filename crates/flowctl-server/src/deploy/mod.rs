@@ -32,7 +32,7 @@ mod process;
 mod scheduler;
 mod supervisor;
 
-pub use container::{AllowedImages, DockerAccess};
+pub use container::{run_reaper, AllowedImages, DockerAccess};
 pub use process::{log_path, AllowedCommands, RunAs, LOG_CAP_BYTES};
 
 use crate::spec_cache::SpecCache;
@@ -82,6 +82,9 @@ pub struct DeployOptions {
     /// fills it in), for the labels of its containers.
     pub node_id: u64,
     pub cluster_id: String,
+    /// A random id of this server process (filled in by the supervisor), on its containers,
+    /// so that its reaper removes only what this run started.
+    pub run_id: String,
     /// The cluster's peer secret: each instance gets its own agent token from it
     /// (`FLOWCTL_TOKEN`).
     pub peer: Option<crate::auth::Secret>,

@@ -4,7 +4,7 @@
 //! ([`may_replace`]), stops everything when the node is fenced (no quorum for `node_grace`),
 //! and reports its instances' status and events ([`Reporter`]).
 
-use super::container::{remove_orphans, ContainerRun};
+use super::container::{remove_orphans, spawn_reaper, ContainerRun};
 use super::driver::Instance;
 use super::{DeployOptions, QUORUM_CHECK, REPORT_TIMEOUT, TICK};
 use crate::clock::now_ms;
@@ -457,6 +457,9 @@ pub(super) async fn run_supervisor(
     // Containers of an earlier run of this node are removed once the cluster id (their
     // label) is known, before anything is started.
     let mut orphans_removed = false;
+    opts.run_id = format!("{:016x}", rand::random::<u64>());
+    // Kept while the supervisor runs: dropping it closes the pipe the reaper waits on.
+    let mut _reaper = None;
     let mut reporter = Reporter {
         node: node.clone(),
         events: Vec::new(),
@@ -477,6 +480,7 @@ pub(super) async fn run_supervisor(
             if !id.is_empty() {
                 opts.cluster_id = id;
                 remove_orphans(&opts).await;
+                _reaper = spawn_reaper(&opts);
                 orphans_removed = true;
             }
         }
