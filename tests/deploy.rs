@@ -107,31 +107,12 @@ spec:
     )
 }
 
-/// `flowctl apply [extra...] -f file` on node `node`, which must succeed; returns stdout.
 fn apply(c: &Cluster, node: usize, extra: &[&str], file: &std::path::Path) -> String {
-    let mut args = vec!["apply"];
-    args.extend_from_slice(extra);
-    args.extend(["-f", file.to_str().unwrap()]);
-    let out = c.flowctl(node, &args).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    c.apply_file(node, extra, file).unwrap()
 }
 
 fn healthy(c: &Cluster, node: usize) -> Vec<String> {
-    c.json(node, &["list", "--timeout", "5"])
-        .map(|v| {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .filter(|x| x["status"] == "healthy")
-                .map(|x| x["id"].as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    c.healthy(node)
 }
 
 #[test]

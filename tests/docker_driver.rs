@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is the failure report.
 
 use flowctl_server::docker::{ContainerSpec, Engine, LABEL_INSTANCE, LABEL_PIPELINE};
-use flowctl_testkit::{flowctl_bin, wait_until, Cluster, ClusterOptions};
+use flowctl_testkit::{flowctl_bin, rootfs_tar, wait_until, Cluster, ClusterOptions};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -23,36 +23,23 @@ const BINS: [&str; 3] = [
 /// A tarball of the registration examples (in /usr/local/bin) and their libraries.
 fn rootfs() -> Vec<u8> {
     let dir = flowctl_bin().unwrap().parent().unwrap().to_path_buf();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("tmp")).unwrap();
-    for bin in BINS {
-        let src = dir.join(bin);
-        assert!(
-            src.is_file(),
-            "{} is missing: cargo build --workspace --bins",
-            src.display()
-        );
-        let to = root.path().join("usr/local/bin").join(bin);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(&src, &to).unwrap();
-        let ldd = std::process::Command::new("ldd")
-            .arg(&src)
-            .output()
-            .unwrap();
-        for word in String::from_utf8_lossy(&ldd.stdout).split_whitespace() {
-            if word.starts_with('/') {
-                let to = root.path().join(word.trim_start_matches('/'));
-                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-                std::fs::copy(word, &to).unwrap();
-            }
-        }
-    }
-    let tar = std::process::Command::new("tar")
-        .args(["-C", root.path().to_str().unwrap(), "-c", "."])
-        .output()
-        .unwrap();
-    assert!(tar.status.success());
-    tar.stdout
+    let files: Vec<(std::path::PathBuf, Option<String>)> = BINS
+        .iter()
+        .map(|bin| {
+            let src = dir.join(bin);
+            assert!(
+                src.is_file(),
+                "{} is missing: cargo build --workspace --bins",
+                src.display()
+            );
+            (src, Some(format!("/usr/local/bin/{bin}")))
+        })
+        .collect();
+    let files: Vec<(std::path::PathBuf, Option<&str>)> = files
+        .iter()
+        .map(|(f, to)| (f.clone(), to.as_deref()))
+        .collect();
+    rootfs_tar(&files).unwrap()
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -153,40 +140,8 @@ spec:
 }
 
 fn apply(c: &Cluster, file: &std::path::Path) -> String {
-    apply_at(c, 0, file)
-}
-
-fn apply_at(c: &Cluster, n: usize, file: &std::path::Path) -> String {
-    let out = c
-        .flowctl(
-            n,
-            &[
-                "apply",
-                "--allow-unregistered-types",
-                "-f",
-                file.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn healthy_at(c: &Cluster, n: usize) -> Vec<String> {
-    c.json(n, &["list", "--timeout", "5"])
-        .map(|v| {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .filter(|x| x["status"] == "healthy")
-                .map(|x| x["id"].as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    c.apply_file(0, &["--allow-unregistered-types"], file)
+        .unwrap()
 }
 
 fn describe(c: &Cluster, name: &str) -> serde_json::Value {
@@ -253,7 +208,7 @@ fn images_run_as_containers_roll_on_a_new_image_and_leave_no_orphans() {
     // The containers start, register with their own tokens, and become healthy.
     let all = ["src", "proc-0", "proc-1", "sink"];
     let all_healthy = |c: &Cluster, n: usize| {
-        let h = healthy_at(c, n);
+        let h = c.healthy(n);
         all.iter().all(|id| h.iter().any(|x| x == id))
     };
     wait_until(Duration::from_secs(60), || all_healthy(&c, 0)).unwrap_or_else(|err| {

@@ -16,27 +16,7 @@ const IMAGE: &str = "flowctl-test/sh:1";
 
 /// A tarball of /bin/sh, /bin/sleep and the libraries they load.
 fn rootfs() -> Vec<u8> {
-    let root = tempfile::tempdir().unwrap();
-    for bin in ["/bin/sh", "/bin/sleep"] {
-        let mut files = vec![bin.to_owned()];
-        let ldd = std::process::Command::new("ldd").arg(bin).output().unwrap();
-        for word in String::from_utf8_lossy(&ldd.stdout).split_whitespace() {
-            if word.starts_with('/') {
-                files.push(word.to_owned());
-            }
-        }
-        for f in files {
-            let to = root.path().join(f.trim_start_matches('/'));
-            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(&f, &to).unwrap();
-        }
-    }
-    let tar = std::process::Command::new("tar")
-        .args(["-C", root.path().to_str().unwrap(), "-c", "."])
-        .output()
-        .unwrap();
-    assert!(tar.status.success());
-    tar.stdout
+    flowctl_testkit::rootfs_tar(&[("/bin/sh".into(), None), ("/bin/sleep".into(), None)]).unwrap()
 }
 
 async fn engine() -> Engine {

@@ -182,6 +182,15 @@ mod tests {
         s
     }
 
+    /// Places instance `a/0` of pipeline `p` on `node`.
+    fn place(node: u64) -> Command {
+        Command::SetPlacement(crate::placements::SetPlacement {
+            pipeline: "p".into(),
+            generation: 1,
+            instances: [("a/0".to_owned(), NodeId(node))].into(),
+        })
+    }
+
     fn report_cmd(node: u64, instances: Vec<(String, Option<InstanceStatus>)>) -> Command {
         Command::ReportRuntime(ReportRuntime {
             node: NodeId(node),
@@ -220,15 +229,7 @@ mod tests {
 
     #[test]
     fn a_status_from_a_node_the_instance_moved_away_from_is_refused() {
-        use crate::placements::SetPlacement;
         let mut s = with_pipeline();
-        let place = |node: u64| {
-            Command::SetPlacement(SetPlacement {
-                pipeline: "p".into(),
-                generation: 1,
-                instances: [("a/0".to_owned(), NodeId(node))].into(),
-            })
-        };
         apply(&mut s, 2, &place(1));
         apply(
             &mut s,
@@ -261,15 +262,7 @@ mod tests {
 
     #[test]
     fn a_status_from_an_older_placement_on_the_same_node_is_refused() {
-        use crate::placements::SetPlacement;
         let mut s = with_pipeline();
-        let place = |node: u64| {
-            Command::SetPlacement(SetPlacement {
-                pipeline: "p".into(),
-                generation: 1,
-                instances: [("a/0".to_owned(), NodeId(node))].into(),
-            })
-        };
         let with_epoch = |restarts: u32, epoch: u64| InstanceStatus {
             epoch: Some(epoch),
             ..status(1, restarts)

@@ -474,6 +474,34 @@ impl Cluster {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// `flowctl apply [extra...] -f file` on node `i`, which must succeed; returns stdout.
+    pub fn apply_file(&self, i: usize, extra: &[&str], file: &Path) -> anyhow::Result<String> {
+        let mut args = vec!["apply"];
+        args.extend_from_slice(extra);
+        let file = file.to_string_lossy();
+        args.extend(["-f", &file]);
+        let out = self.flowctl(i, &args)?;
+        if !out.status.success() {
+            bail!(
+                "flowctl apply -f {file} on node {i} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The ids of the components node `i` lists as healthy (none when it does not answer).
+    pub fn healthy(&self, i: usize) -> Vec<String> {
+        self.json(i, &["list", "--timeout", "5"])
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|x| x["status"] == "healthy")
+            .filter_map(|x| x["id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// Waits until node `i` answers `/readyz` with 200.
     pub fn wait_ready(&self, i: usize, timeout: Duration) -> anyhow::Result<()> {
         let addr = self.nodes[i].metrics_addr.clone();
@@ -557,6 +585,41 @@ impl Drop for Cluster {
             self.kill(i);
         }
     }
+}
+
+/// A tarball (for `docker import`) of `files`, each a host file copied to the same path or to
+/// the path given, with the shared libraries and the loader `ldd` lists for each: how the
+/// Docker tests make images without a registry.
+pub fn rootfs_tar(files: &[(PathBuf, Option<&str>)]) -> anyhow::Result<Vec<u8>> {
+    let root = tempfile::tempdir()?;
+    std::fs::create_dir_all(root.path().join("tmp"))?;
+    let copy = |from: &Path, to: &str| -> anyhow::Result<()> {
+        let dest = root.path().join(to.trim_start_matches('/'));
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::copy(from, &dest).with_context(|| format!("copying {}", from.display()))?;
+        Ok(())
+    };
+    for (file, to) in files {
+        let same = file.to_string_lossy();
+        copy(file, to.unwrap_or(&same))?;
+        let ldd = Command::new("ldd").arg(file).output()?;
+        for word in String::from_utf8_lossy(&ldd.stdout).split_whitespace() {
+            if word.starts_with('/') {
+                copy(Path::new(word), word)?;
+            }
+        }
+    }
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(root.path())
+        .args(["-c", "."])
+        .output()?;
+    if !tar.status.success() {
+        bail!("tar failed: {}", String::from_utf8_lossy(&tar.stderr));
+    }
+    Ok(tar.stdout)
 }
 
 /// Polls `f` every 100 ms until it returns true or `timeout` passes.
