@@ -176,6 +176,8 @@ enum Command {
     },
     /// Draw a pipeline file's DAG (offline) as SVG, DOT, Mermaid or text.
     Graph(spec_cmds::GraphArgs),
+    /// Write the manifests that run a pipeline elsewhere (offline): `--target kubernetes`.
+    Render(spec_cmds::RenderArgs),
     /// A local development environment: cluster, broker, example pipeline.
     Dev {
         #[command(subcommand)]
@@ -323,6 +325,7 @@ fn main() -> ExitCode {
             Command::Validate { file } => spec_cmds::validate(&cli.global, &file),
             Command::Schema { kind } => spec_cmds::schema(kind),
             Command::Certs { what } => certs_cmds::run(&cli.global, what),
+            Command::Render(args) => spec_cmds::render(&args),
             Command::Graph(args) => match &args.pipeline {
                 Some(name) => commands::graph_live(&cli.global, name, &args).await,
                 None => spec_cmds::graph(&args),

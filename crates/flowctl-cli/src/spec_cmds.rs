@@ -164,6 +164,78 @@ pub fn write_graph(
     Ok(())
 }
 
+/// Where `flowctl render` writes for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RenderTarget {
+    /// A Deployment per component, for `kubectl apply -f`.
+    Kubernetes,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RenderArgs {
+    /// What to write manifests for.
+    #[arg(long, value_enum)]
+    pub target: RenderTarget,
+    /// The pipeline YAML file ("-" reads standard input).
+    #[arg(short = 'f', long = "filename")]
+    pub file: String,
+    /// The namespace of every manifest (default: none, so kubectl's).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// The control plane as the pods reach it (FLOWCTL_ENDPOINT): by default the `flowctl`
+    /// Service of deploy/kubernetes/flowctl.yaml.
+    #[arg(long, default_value = "flowctl:8080")]
+    pub endpoint: String,
+    /// Brokers for a pipeline whose spec.bus names none (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub kafka_brokers: Vec<String>,
+    /// FLOWCTL_HEARTBEAT_INTERVAL given to the components, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub heartbeat_interval: f64,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    pub out: Option<String>,
+}
+
+/// `flowctl render --target kubernetes -f FILE`: the manifests that run the pipeline's
+/// components on Kubernetes, as multi-document YAML, from the file alone.
+pub fn render(args: &RenderArgs) -> anyhow::Result<()> {
+    let text = read(&args.file)?;
+    let name = display_name(&args.file);
+    let pipeline = flowctl_spec::validate_pipeline(name, &text).map_err(|e| {
+        anyhow::anyhow!(
+            "{name} is not a valid pipeline (`flowctl validate -f {}` lists every problem): {e}",
+            args.file
+        )
+    })?;
+    if !(args.heartbeat_interval.is_finite() && args.heartbeat_interval > 0.0) {
+        anyhow::bail!("--heartbeat-interval must be a positive number of seconds");
+    }
+    let opts = flowctl_server::deploy::RenderOptions {
+        namespace: args.namespace.clone(),
+        endpoint: args.endpoint.clone(),
+        kafka_brokers: args.kafka_brokers.clone(),
+        heartbeat_interval_ms: (args.heartbeat_interval * 1000.0).round() as u64,
+    };
+    let manifests = match args.target {
+        RenderTarget::Kubernetes => flowctl_server::deploy::render_kubernetes(&pipeline, &opts)
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?,
+    };
+    let mut out = format!(
+        "# Rendered by `flowctl render --target kubernetes` from {name} (pipeline {}).\n",
+        pipeline.name()
+    );
+    for m in &manifests {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(m)?);
+    }
+    match &args.out {
+        Some(path) => std::fs::write(path, out).with_context(|| format!("cannot write {path}"))?,
+        None => print!("{out}"),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

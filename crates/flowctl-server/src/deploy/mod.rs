@@ -23,16 +23,19 @@
 //! - `driver`: the interface the supervisor runs instances through (start, stop, exit, pid).
 //! - `process`: the `process` driver: child processes, their process groups, and their log
 //!   files.
+//! - `kubernetes`: no driver: the manifests `flowctl render --target kubernetes` writes.
 //! - `container`: the `docker` driver: containers on the node's Docker engine, their output
 //!   in the same log files, and the removal of a crashed run's containers.
 
 mod container;
 mod driver;
+mod kubernetes;
 mod process;
 mod scheduler;
 mod supervisor;
 
 pub use container::{run_reaper, AllowedImages, DockerAccess};
+pub use kubernetes::{component_env, render as render_kubernetes, RenderOptions};
 pub use process::{log_path, AllowedCommands, RunAs, LOG_CAP_BYTES};
 
 use crate::spec_cache::SpecCache;

@@ -6,6 +6,7 @@
 
 use super::container::{remove_orphans, spawn_reaper, ContainerRun};
 use super::driver::Instance;
+use super::kubernetes::component_env;
 use super::{DeployOptions, QUORUM_CHECK, REPORT_TIMEOUT, TICK};
 use crate::clock::now_ms;
 use crate::docker::Pull;
@@ -83,7 +84,8 @@ impl Running {
     }
 }
 
-/// `config` keys become UPPER_SNAKE environment variables.
+/// [`component_env`] and what is this instance's: its id, token, replica, health port, and
+/// the node's endpoints and heartbeat interval.
 fn instance_env(
     p: &ValidatedPipeline,
     c: &Component,
@@ -91,17 +93,7 @@ fn instance_env(
     endpoints: &str,
     opts: &DeployOptions,
 ) -> BTreeMap<String, String> {
-    let mut env = BTreeMap::new();
-    for (k, v) in &c.config {
-        let v = match v {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        env.insert(flowctl_spec::config_env_name(k), v);
-    }
-    for (k, v) in &c.env {
-        env.insert(k.clone(), v.clone());
-    }
+    let mut env = component_env(p, c, &opts.brokers_of(p));
     let id = c.instance_id(replica);
     if let Some(peer) = &opts.peer {
         env.insert(
@@ -112,7 +104,6 @@ fn instance_env(
     if let Some(ca) = &opts.cacert {
         env.insert("FLOWCTL_CACERT".into(), ca.display().to_string());
     }
-    env.insert("ENABLE_FLOWCTL".into(), "true".into());
     env.insert("FLOWCTL_ENDPOINT".into(), endpoints.to_owned());
     env.insert("FLOWCTL_COMPONENT_ID".into(), id);
     // A Go duration, as the original SDK reads it.
@@ -120,20 +111,10 @@ fn instance_env(
         "FLOWCTL_HEARTBEAT_INTERVAL".into(),
         format!("{}ms", opts.heartbeat_interval.as_millis()),
     );
-    env.insert("FLOWCTL_PIPELINE".into(), p.name().to_owned());
     env.insert("FLOWCTL_REPLICA".into(), replica.to_string());
     if let Some(port) = c.health_port_of(replica) {
         env.insert("HEALTH_PORT".into(), port.to_string());
     }
-    env.insert("KAFKA_BROKERS".into(), opts.brokers_of(p).join(","));
-    env.insert("DLQ_TOPIC".into(), flowctl_spec::dlq_topic_name(p));
-    let inputs: Vec<String> = c
-        .inputs
-        .iter()
-        .map(|i| flowctl_spec::topic_name(p, i))
-        .collect();
-    env.insert("INPUT_TOPICS".into(), inputs.join(","));
-    env.insert("OUTPUT_TOPIC".into(), flowctl_spec::topic_name(p, &c.id));
     env
 }
 
