@@ -418,27 +418,11 @@ async fn register_and_heartbeat(
     }
 }
 
-/// `d` times a random factor in `[1 - spread, 1 + spread]`.
-pub(crate) fn jitter(d: Duration, spread: f64) -> Duration {
-    let factor = 1.0 + spread * (rand::random::<f64>() * 2.0 - 1.0);
-    d.mul_f64(factor.max(0.0))
-}
+pub(crate) use flowctl_proto::retry::jitter;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jitter_stays_within_its_spread() {
-        let d = Duration::from_secs(10);
-        for _ in 0..1000 {
-            let j = jitter(d, 0.1);
-            assert!(
-                j >= Duration::from_secs(9) && j <= Duration::from_secs(11),
-                "{j:?}"
-            );
-        }
-    }
 
     #[tokio::test]
     async fn disabled_agent_serves_health_and_shuts_down() {

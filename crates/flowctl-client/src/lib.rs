@@ -363,7 +363,8 @@ impl Client {
                 return Err(tls_failure.unwrap_or(status));
             }
             if round_done {
-                let sleep = jitter(backoff).min(until.saturating_duration_since(Instant::now()));
+                let sleep = flowctl_proto::retry::jitter(backoff, 0.5)
+                    .min(until.saturating_duration_since(Instant::now()));
                 tokio::time::sleep(sleep).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 // A try started with no time left would only report the deadline, hiding
@@ -442,10 +443,6 @@ fn tls_cause(s: &Status) -> Option<&rustls::Error> {
         cause = e.source();
     }
     None
-}
-
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(1.0 + rand::random::<f64>() * 0.5)
 }
 
 #[cfg(test)]

@@ -35,6 +35,37 @@ pub mod admin {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/flowctl_descriptor.bin"));
 
+/// Retry pacing shared by the CLI's client, the agent and the nodes.
+pub mod retry {
+    use std::time::Duration;
+
+    /// `d` scaled by a random factor in `1 ± spread` (`spread` in 0..=1), so that many
+    /// clients retrying or heartbeating at once spread out instead of arriving together.
+    pub fn jitter(d: Duration, spread: f64) -> Duration {
+        let spread = spread.clamp(0.0, 1.0);
+        let factor = 1.0 + spread * (rand::random::<f64>() * 2.0 - 1.0);
+        d.mul_f64(factor.max(0.0))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn jitter_stays_within_its_spread() {
+            let d = Duration::from_secs(10);
+            for _ in 0..1000 {
+                let j = jitter(d, 0.1);
+                assert!(
+                    j >= Duration::from_secs(9) && j <= Duration::from_secs(11),
+                    "{j:?}"
+                );
+            }
+            assert_eq!(jitter(d, 0.0), d);
+        }
+    }
+}
+
 /// Credentials on outgoing calls: a tonic interceptor that adds `authorization: Bearer <token>`
 /// to every request when it has a token, and nothing when it has none. Clients wrap their
 /// channels in it (`InterceptedService<Channel, Bearer>`).

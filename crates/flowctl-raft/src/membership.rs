@@ -90,7 +90,7 @@ impl RaftNode {
                 // Another membership change is in flight (for example a concurrent join).
                 Err(Error::FailedPrecondition(msg)) if Instant::now() < deadline => {
                     tracing::info!(node_id, %msg, "membership change busy; retrying");
-                    tokio::time::sleep(jitter(backoff)).await;
+                    tokio::time::sleep(jitter(backoff, 0.5)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => return Err(e),

@@ -33,11 +33,7 @@ pub(crate) async fn enqueue_and_wait<T, R>(
     }
 }
 
-/// Adds up to 50% random jitter to a backoff delay.
-pub fn jitter(d: Duration) -> Duration {
-    let extra = rand::random::<f64>() * 0.5;
-    d.mul_f64(1.0 + extra)
-}
+pub use flowctl_proto::retry::jitter;
 
 /// Splits `host:port` (a name, an IPv4 address or a bracketed IPv6 address, and a non-zero
 /// port); `None` if `addr` is not of that form.

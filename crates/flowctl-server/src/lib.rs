@@ -755,7 +755,7 @@ async fn join(
         if Instant::now() + backoff > until {
             break;
         }
-        tokio::time::sleep(flowctl_raft::jitter(backoff)).await;
+        tokio::time::sleep(flowctl_raft::jitter(backoff, 0.5)).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
     bail!(
