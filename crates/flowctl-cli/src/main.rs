@@ -6,7 +6,7 @@ mod auth_cmds;
 mod certs_cmds;
 mod commands;
 mod credentials;
-mod dev_cmd;
+mod dev;
 mod dlq_cmds;
 mod output;
 mod replay_cmds;
@@ -181,7 +181,7 @@ enum Command {
     /// A local development environment: cluster, broker, example pipeline.
     Dev {
         #[command(subcommand)]
-        what: dev_cmd::DevCmd,
+        what: dev::DevCmd,
     },
     /// Started by a server whose node may run containers: waits until its standard input
     /// closes (the server is gone), then removes the containers of that server's run.
@@ -298,7 +298,7 @@ fn main() -> ExitCode {
                 commands::apply(&cli.global, &file, &opts).await
             }
             Command::Schemas { what } => schema_cmds::run(&cli.global, what).await,
-            Command::Dev { what } => dev_cmd::run(&cli.global, what).await,
+            Command::Dev { what } => dev::run(&cli.global, what).await,
             Command::Dlq { what } => dlq_cmds::run(&cli.global, what).await,
             Command::Replay(args) => replay_cmds::run(&cli.global, args).await,
             Command::Auth { what } => auth_cmds::run(&cli.global, what).await,
