@@ -436,3 +436,232 @@ fn a_node_without_allowed_images_runs_no_container() {
     .unwrap_or_else(|err| panic!("no refusal: {err}\n{:#}", describe(&c, name)));
     assert!(containers(&rt, &e, name).is_empty());
 }
+
+/// The example images that `scripts/build-images.sh` builds (scripts/test.sh runs it first).
+const EXAMPLE_IMAGES: [&str; 3] = [
+    "flowctl/stellar-live-source-datalake:dev",
+    "flowctl/ttp-processor:dev",
+    "flowctl/consumer-app:dev",
+];
+
+/// The consumer's event total as its heartbeats report it, from node `n`.
+fn consumer_events(c: &Cluster, n: usize) -> Option<f64> {
+    let list = c.json(n, &["list", "--timeout", "5"]).ok()?;
+    list.as_array()?
+        .iter()
+        .find(|x| x["id"] == "consumer-app")?["metrics"]["flowctl_consumer_events_total"]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+/// Components that are healthy and whose own heartbeat said so, from node `n`. A replaced
+/// instance deregisters as it stops, and its successor's registration carries no reported
+/// status until its first heartbeat.
+fn heartbeating(c: &Cluster, n: usize) -> Vec<String> {
+    let list = c.json(n, &["list", "--timeout", "5"]).unwrap_or_default();
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|x| x["status"] == "healthy" && x["reported_status"] == "HEALTHY")
+        .filter_map(|x| Some(x["id"].as_str()?.to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_stellar_example_runs_on_docker_and_a_new_image_rolls_with_a_healthy_copy_throughout() {
+    let rt = rt();
+    let e = rt.block_on(async {
+        Engine::connect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}: this test needs a Docker engine"))
+    });
+    for image in EXAMPLE_IMAGES {
+        assert!(
+            rt.block_on(e.has_image(image)).unwrap(),
+            "{image} is missing: build the example images first (scripts/build-images.sh)"
+        );
+    }
+    // The new image: the same files under a second reference, as a retag is.
+    let v1 = "flowctl/ttp-processor:dev";
+    let v2 = "flowctl/ttp-processor:rollout-test".to_owned();
+    rt.block_on(e.tag(v1, &v2)).unwrap();
+    let broker = flowctl_bus::EmbeddedBroker::start(1).unwrap();
+    let c = Cluster::start(
+        3,
+        ClusterOptions {
+            extra_args: vec![
+                "--kafka-brokers".into(),
+                broker.bootstrap_servers().to_owned(),
+                "--allowed-images".into(),
+                "flowctl/*".into(),
+                "--heartbeat-ttl".into(),
+                "3".into(),
+            ],
+            secure: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/stellar-pipeline-docker.yaml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let name = "stellar-token-pipeline-docker";
+    assert!(text.contains(&format!("name: {name}")));
+    let _cleanup = RemoveContainers {
+        engine: &e,
+        pipelines: vec![name.into()],
+    };
+    let protos = example.parent().unwrap().join("protos");
+    for (file, pkg) in [
+        ("raw_ledger_service.proto", "raw_ledger_service"),
+        ("token_transfer.proto", "token_transfer"),
+    ] {
+        let p = protos.join(file);
+        let out = c
+            .flowctl(
+                0,
+                &["schemas", "push", p.to_str().unwrap(), "--package", pkg],
+            )
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let file = c.dir().join("stellar.yaml");
+    std::fs::write(&file, &text).unwrap();
+    c.apply_file(1, &[], &file).unwrap();
+
+    // Every component healthy, and the consumer's totals growing.
+    let all = [
+        "stellar-live-source",
+        "ttp-processor-0",
+        "ttp-processor-1",
+        "consumer-app",
+    ];
+    let all_healthy = |n: usize| {
+        let h = c.healthy(n);
+        all.iter().all(|id| h.iter().any(|x| x == id))
+    };
+    wait_until(Duration::from_secs(90), || all_healthy(0)).unwrap_or_else(|err| {
+        panic!(
+            "the example did not become healthy: {err}\n{:#}\n{}",
+            describe(&c, name),
+            c.log_tail(0, 40)
+        )
+    });
+    let mut seen = 0.0;
+    wait_until(Duration::from_secs(60), || {
+        seen = consumer_events(&c, 2).unwrap_or(0.0);
+        seen > 0.0
+    })
+    .unwrap_or_else(|err| panic!("the consumer counted no events: {err}"));
+    wait_until(Duration::from_secs(60), || {
+        consumer_events(&c, 1).is_some_and(|n| n > seen)
+    })
+    .unwrap_or_else(|err| panic!("the consumer's totals did not grow past {seen}: {err}"));
+
+    // Change the processor's image and re-apply: its replicas are replaced one at a time, and
+    // at every look during the rollout at least one processor runs and is healthy.
+    // A replica serves when its container runs and the control plane has had a healthy
+    // heartbeat from it.
+    let serving = |looks: &mut u32| -> (usize, usize) {
+        *looks += 1;
+        let beating = heartbeating(&c, 0);
+        eprintln!(
+            "DEBUG look {looks}: {beating:?} {:?}",
+            c.json(0, &["list", "--timeout", "5"])
+                .unwrap_or_default()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| (
+                    x["id"].clone(),
+                    x["status"].clone(),
+                    x["reported_status"].clone(),
+                    x["last_heartbeat"].clone()
+                ))
+                .collect::<Vec<_>>()
+        );
+        let now = containers(&rt, &e, name);
+        let mut serving = 0;
+        let mut on_v2 = 0;
+        for r in 0..2 {
+            let Some(s) = now
+                .get(&format!("ttp-processor/{r}"))
+                .and_then(|n| rt.block_on(e.state(n)).ok().flatten())
+                .filter(|s| s.running)
+            else {
+                continue;
+            };
+            eprintln!("DEBUG r{r} image {}", s.image);
+            if beating.contains(&format!("ttp-processor-{r}")) {
+                serving += 1;
+                on_v2 += usize::from(s.image == v2);
+            }
+        }
+        (serving, on_v2)
+    };
+    let mut looks = 0u32;
+    wait_until(Duration::from_secs(30), || serving(&mut looks) == (2, 0))
+        .unwrap_or_else(|err| panic!("the two processors do not both serve: {err}"));
+    looks = 0;
+    let before = containers(&rt, &e, name);
+    std::fs::write(&file, text.replace(v1, &v2)).unwrap();
+    let said = c.apply_file(1, &[], &file).unwrap();
+    assert!(
+        said.contains(&format!("restart ttp-processor (image {v1} → {v2})"))
+            && !said.contains("restart stellar-live-source")
+            && !said.contains("restart consumer-app"),
+        "{said}"
+    );
+    let rolled = |looks: &mut u32| {
+        let (serving, on_v2) = serving(looks);
+        assert!(
+            serving >= 1,
+            "no processor ran and was healthy at look {looks} of the rollout\n{:#}",
+            describe(&c, name)
+        );
+        on_v2 == 2
+    };
+    wait_until(Duration::from_secs(120), || rolled(&mut looks)).unwrap_or_else(|err| {
+        panic!(
+            "the rollout did not finish: {err}\n{:#}",
+            describe(&c, name)
+        )
+    });
+    let replaced: Vec<String> = events(&c, name)
+        .iter()
+        .filter(|e| e["reason"] == "Replaced")
+        .map(|e| e["instance"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        replaced,
+        ["ttp-processor/0", "ttp-processor/1"],
+        "one replica at a time, in order ({looks} looks)"
+    );
+    let after = containers(&rt, &e, name);
+    for kept in ["stellar-live-source/0", "consumer-app/0"] {
+        assert_eq!(after[kept], before[kept], "{kept} was not to be replaced");
+    }
+    // The consumer keeps counting on the new processors.
+    let at_rollout = consumer_events(&c, 0).unwrap_or(0.0);
+    wait_until(Duration::from_secs(60), || {
+        consumer_events(&c, 2).is_some_and(|n| n > at_rollout)
+    })
+    .unwrap_or_else(|err| panic!("the totals stopped at {at_rollout} after the rollout: {err}"));
+    eprintln!("consumer events: {seen} before the rollout, {at_rollout} after it ({looks} looks)");
+
+    let out = c.flowctl(0, &["delete", "pipeline", name]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(Duration::from_secs(30), || {
+        labelled(&rt, &e, name).is_empty()
+    })
+    .unwrap_or_else(|err| panic!("containers left after delete: {err}"));
+}

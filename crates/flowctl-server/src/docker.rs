@@ -12,6 +12,7 @@ use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    TagImageOptionsBuilder,
 };
 use bollard::Docker;
 use std::collections::{BTreeMap, HashMap};
@@ -93,6 +94,8 @@ pub struct ContainerState {
     pub oom_killed: bool,
     /// The engine's own word: created, running, exited, dead…
     pub status: String,
+    /// The image reference it was created from.
+    pub image: String,
 }
 
 impl ContainerState {
@@ -151,6 +154,15 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
             ..
         }
     )
+}
+
+/// `repo[:tag]` → (repo, tag), the tag `latest` when none is given; a registry's port
+/// (`host:5000/repo`) is part of the repository.
+fn split_reference(image: &str) -> (&str, &str) {
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (image, "latest"),
+    }
 }
 
 impl Engine {
@@ -231,7 +243,7 @@ impl Engine {
     /// Makes image `image` (`repo:tag`) from a root-filesystem tarball, as `docker import`
     /// does: how images are made where no registry can be reached.
     pub async fn import_rootfs(&self, tar: Vec<u8>, image: &str) -> Result<(), DockerError> {
-        let (repo, tag) = image.rsplit_once(':').unwrap_or((image, "latest"));
+        let (repo, tag) = split_reference(image);
         let opts = CreateImageOptionsBuilder::default()
             .from_src("-")
             .repo(repo)
@@ -245,6 +257,22 @@ impl Engine {
                 step.map_err(engine_err("import image"))?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    /// Gives image `image` a second reference `target` (`repo:tag`), as `docker tag` does.
+    pub async fn tag(&self, image: &str, target: &str) -> Result<(), DockerError> {
+        let (repo, tag) = split_reference(target);
+        let opts = TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
+            .build();
+        timed("an image tag", CALL_TIMEOUT, async {
+            self.docker
+                .tag_image(image, Some(opts))
+                .await
+                .map_err(engine_err("tag image"))
         })
         .await
     }
@@ -331,6 +359,7 @@ impl Engine {
                 exit_code: (!running).then_some(s.exit_code).flatten(),
                 oom_killed: s.oom_killed.unwrap_or(false),
                 status: s.status.map(|x| x.to_string()).unwrap_or_default(),
+                image: c.config.and_then(|c| c.image).unwrap_or_default(),
             }))
         })
         .await
@@ -431,10 +460,25 @@ mod tests {
             exit_code: Some(code),
             oom_killed: oom,
             status: "exited".into(),
+            image: "i:1".into(),
         };
         assert_eq!(s(1, false).exit_text(), "exit status: 1");
         assert_eq!(s(137, false).exit_text(), "killed by signal 9");
         assert_eq!(s(137, true).exit_text(), "killed: out of memory");
         assert_eq!(s(0, false).exit_text(), "exit status: 0");
+    }
+
+    #[test]
+    fn references_split_at_the_tag_not_at_a_registry_port() {
+        assert_eq!(split_reference("flowctl/x:dev"), ("flowctl/x", "dev"));
+        assert_eq!(split_reference("flowctl/x"), ("flowctl/x", "latest"));
+        assert_eq!(
+            split_reference("reg:5000/flowctl/x"),
+            ("reg:5000/flowctl/x", "latest")
+        );
+        assert_eq!(
+            split_reference("reg:5000/flowctl/x:v2"),
+            ("reg:5000/flowctl/x", "v2")
+        );
     }
 }

@@ -6,8 +6,9 @@
 //! ```
 //!
 //! The leader keeps last-seen times and the latest metrics in memory. Only transitions become
-//! commands: healthy → unhealthy after the TTL, unhealthy → healthy after a heartbeat, and
-//! unregistered after the expiry. A node that has just become leader grants every component
+//! commands: healthy → unhealthy after the TTL, unhealthy → healthy after a heartbeat, the
+//! first heartbeat after a registration (which rollouts wait for), and unregistered after the
+//! expiry. A node that has just become leader grants every component
 //! one full TTL first (it has no heartbeat history), so failover raises no false alarms.
 //!
 //! Every decision is made on the leader's monotonic clock: when it last heard a component,
@@ -180,6 +181,9 @@ pub fn decide(
             if now_mono_ms.saturating_sub(last_alive) > ttl_ms {
                 obs.decided_down_mono_ms.get_or_insert(now_mono_ms);
                 out.push(Transition::Down(id.clone()));
+            } else if rec.awaiting_heartbeat && beat > obs.since_mono_ms {
+                // Its first heartbeat since it registered: confirmed up.
+                out.push(Transition::Up(id.clone()));
             }
         } else if beat > obs.since_mono_ms {
             out.push(Transition::Up(id.clone()));
@@ -654,6 +658,7 @@ mod tests {
                 registered_at_ms: changed,
                 status_changed_at_ms: changed,
                 revision: 1,
+                awaiting_heartbeat: false,
             },
         )
     }
@@ -771,6 +776,41 @@ mod tests {
         assert_eq!(
             decide(&reg, &after, &mut seen, 60_000, 0, 30_000, None),
             vec![Transition::Up(a())]
+        );
+    }
+
+    #[test]
+    fn the_first_heartbeat_after_a_registration_is_confirmed_once() {
+        let (id, mut r) = rec("a", true, 50_000);
+        r.awaiting_heartbeat = true;
+        let mut reg: BTreeMap<_, _> = [(id, r)].into();
+        let mut seen = HashMap::new();
+        // Seen registered at 50 s; the last heartbeat is older (a previous copy's).
+        let old: HashMap<_, _> = [(a(), beat_at(49_000))].into();
+        assert!(decide(&reg, &old, &mut seen, 50_000, 0, 30_000, None).is_empty());
+        assert!(decide(&reg, &old, &mut seen, 51_000, 0, 30_000, None).is_empty());
+        let new: HashMap<_, _> = [(a(), beat_at(51_500))].into();
+        assert_eq!(
+            decide(&reg, &new, &mut seen, 52_000, 0, 30_000, None),
+            vec![Transition::Up(a())]
+        );
+        // Once committed, nothing more is due while heartbeats go on.
+        reg.values_mut().for_each(|r| r.awaiting_heartbeat = false);
+        let later: HashMap<_, _> = [(a(), beat_at(60_000))].into();
+        assert!(decide(&reg, &later, &mut seen, 61_000, 0, 30_000, None).is_empty());
+    }
+
+    #[test]
+    fn a_registration_never_heard_from_goes_down_after_the_ttl() {
+        let (id, mut r) = rec("a", true, 50_000);
+        r.awaiting_heartbeat = true;
+        let reg: BTreeMap<_, _> = [(id, r)].into();
+        let mut seen = HashMap::new();
+        let none = HashMap::new();
+        assert!(decide(&reg, &none, &mut seen, 50_000, 0, 30_000, None).is_empty());
+        assert_eq!(
+            decide(&reg, &none, &mut seen, 80_001, 0, 30_000, None),
+            vec![Transition::Down(a())]
         );
     }
 

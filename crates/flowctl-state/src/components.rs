@@ -96,6 +96,12 @@ pub struct ComponentRecord {
     pub status_changed_at_ms: u64,
     /// Log index of the last change.
     pub revision: u64,
+    /// Registered (or re-registered with a changed description) and not heard from since:
+    /// the registration alone does not show that the component runs. The leader clears it
+    /// (a [`SetHealth`]) after the first heartbeat, and rollouts wait for that. Absent
+    /// (false) in records of older releases, which were heard from.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_heartbeat: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,10 +142,10 @@ pub(crate) fn register(state: &mut State, index: u64, c: &Register) -> (Outcome,
         ),
         Some(existing) => {
             existing.spec = c.spec.clone();
-            if !existing.healthy {
-                existing.healthy = true;
-                existing.status_changed_at_ms = c.at_ms;
-            }
+            existing.healthy = true;
+            // A new status stamp, so the leader counts only heartbeats after this one.
+            existing.status_changed_at_ms = c.at_ms;
+            existing.awaiting_heartbeat = true;
             existing.revision = index;
             (
                 Outcome::Component {
@@ -156,6 +162,7 @@ pub(crate) fn register(state: &mut State, index: u64, c: &Register) -> (Outcome,
                 registered_at_ms: c.at_ms,
                 status_changed_at_ms: c.at_ms,
                 revision: index,
+                awaiting_heartbeat: true,
             };
             state.components.insert(id.clone(), record.clone());
             (
@@ -187,8 +194,13 @@ pub(crate) fn unregister(state: &mut State, c: &Unregister) -> (Outcome, Vec<Tou
 
 pub(crate) fn set_health(state: &mut State, index: u64, c: &SetHealth) -> (Outcome, Vec<Touched>) {
     match state.components.get_mut(&c.id) {
-        Some(rec) if rec.healthy == c.healthy => (Outcome::HealthUnchanged, vec![]),
+        Some(rec) if rec.healthy == c.healthy && !rec.awaiting_heartbeat => {
+            (Outcome::HealthUnchanged, vec![])
+        }
         Some(rec) => {
+            // Any transition the leader decides follows a heartbeat or its absence, so the
+            // component is no longer awaiting its first one.
+            rec.awaiting_heartbeat = false;
             rec.healthy = c.healthy;
             rec.status_changed_at_ms = c.at_ms;
             rec.revision = index;
@@ -277,6 +289,37 @@ mod tests {
         apply(&mut s, 4, &reg("c1", "1", 60));
         assert!(s.components[&id].healthy);
         assert_eq!(s.components[&id].status_changed_at_ms, 60);
+    }
+
+    #[test]
+    fn a_registration_awaits_its_first_heartbeat_until_the_leader_confirms_it() {
+        let mut s = State::default();
+        let id = ComponentId("c1".into());
+        apply(&mut s, 1, &reg("c1", "1", 10));
+        assert!(s.components[&id].awaiting_heartbeat);
+        let up = |at_ms| {
+            Command::SetComponentHealth(SetHealth {
+                id: id.clone(),
+                healthy: true,
+                at_ms,
+            })
+        };
+        // Healthy already, but the confirmation is a change.
+        assert!(matches!(
+            apply(&mut s, 2, &up(20)).0,
+            Outcome::HealthChanged { healthy: true, .. }
+        ));
+        assert!(!s.components[&id].awaiting_heartbeat);
+        assert!(matches!(
+            apply(&mut s, 3, &up(30)).0,
+            Outcome::HealthUnchanged
+        ));
+        // The same description again changes nothing; a changed one awaits a heartbeat again.
+        apply(&mut s, 4, &reg("c1", "1", 40));
+        assert!(!s.components[&id].awaiting_heartbeat);
+        apply(&mut s, 5, &reg("c1", "2", 50));
+        assert!(s.components[&id].awaiting_heartbeat);
+        assert_eq!(s.components[&id].status_changed_at_ms, 50);
     }
 
     #[test]

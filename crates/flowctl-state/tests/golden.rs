@@ -724,6 +724,7 @@ fn component_record() -> ComponentRecord {
         registered_at_ms: AT - 1_000,
         status_changed_at_ms: AT,
         revision: 12,
+        awaiting_heartbeat: false,
     }
 }
 

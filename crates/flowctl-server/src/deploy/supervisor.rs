@@ -279,7 +279,8 @@ fn spec_hash(d: &Desired) -> String {
 }
 
 /// Whether replica `replica` of a changed component may be replaced now: every lower replica
-/// of the component (on any node) already runs `hash` and is healthy, exited for good, or
+/// of the component (on any node) already runs `hash` and is healthy (a heartbeat since it
+/// registered, as the leader confirms), exited for good, or
 /// is a program that never registers and has run for [`ROLLOUT_UNREGISTERED_GRACE`]. So a
 /// changed component rolls one replica at a time across the cluster, and a new version that
 /// crashes or stays unhealthy stops the rollout.
@@ -321,7 +322,9 @@ fn may_replace(node: &RaftNode, d: &Desired, hash: &str, now_ms: u64) -> bool {
                         .get(&id)
                         .filter(|c| c.registered_at_ms + 2_000 >= st.started_at_ms);
                     match rec {
-                        Some(c) => c.healthy,
+                        // Healthy and heard from since it registered: a registration alone
+                        // does not show that the new copy runs.
+                        Some(c) => c.healthy && !c.awaiting_heartbeat,
                         None => {
                             now_ms.saturating_sub(st.started_at_ms)
                                 >= ROLLOUT_UNREGISTERED_GRACE.as_millis() as u64
