@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is the failure report.
 
-use flowctl_testkit::{flowctl_bin, free_port, wait_until};
+use flowctl_testkit::{dev_base_port, flowctl_bin, wait_until};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,21 +25,6 @@ const PROGRAMS: [&str; 3] = [
 /// The consumer's running count of token transfer events, sent with its heartbeats.
 const CONSUMER_EVENTS: &str = "flowctl_consumer_events_total";
 const FLOW_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A base port whose gRPC (base) and metrics (base + 10) ports for one node are free.
-fn base_port() -> u16 {
-    for _ in 0..100 {
-        let base = free_port();
-        if base > 65_000 {
-            continue;
-        }
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(base) && free(base + 10) {
-            return base;
-        }
-    }
-    panic!("no free base port found");
-}
 
 /// The `dev up` child; on an early failure it is brought down so that nothing outlives the
 /// test.
@@ -173,7 +158,7 @@ fn dev_up_runs_the_example_pipeline_and_dev_down_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let state_path = tmp.path().join("state.json");
     let log = tmp.path().join("dev-up.log");
-    let base = base_port();
+    let base = dev_base_port();
     let endpoint = format!("127.0.0.1:{base}");
     let out = std::fs::File::create(&log).unwrap();
     // No --dir: the environment lives in a temporary directory that `dev up` removes.
@@ -323,4 +308,26 @@ fn dev_up_runs_the_example_pipeline_and_dev_down_leaves_nothing_behind() {
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("no development environment is running")
     );
+}
+
+#[test]
+fn dev_up_refuses_a_pipeline_of_another_driver_before_starting_anything() {
+    let bin = flowctl_bin().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(&bin)
+        .args(["dev", "up", "--driver", "docker", "--pipeline"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/stellar-pipeline.yaml"))
+        .env("FLOWCTL_DEV_STATE", tmp.path().join("state.json"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(
+            "stellar-pipeline.yaml: spec.driver is process, but dev up runs --driver docker"
+        ),
+        "{err}"
+    );
+    assert!(!tmp.path().join("state.json").exists());
 }

@@ -506,8 +506,11 @@ fn the_stellar_example_runs_on_docker_and_a_new_image_rolls_with_a_healthy_copy_
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples/stellar-pipeline-docker.yaml");
     let text = std::fs::read_to_string(&example).unwrap();
-    let name = "stellar-token-pipeline-docker";
-    assert!(text.contains(&format!("name: {name}")));
+    // Under its own name: the dev up test runs the example under its name, maybe at once.
+    let example_name = "name: stellar-token-pipeline-docker";
+    assert!(text.contains(example_name));
+    let name = "stellar-docker-rollout";
+    let text = text.replace(example_name, &format!("name: {name}"));
     let _cleanup = RemoveContainers {
         engine: &e,
         pipelines: vec![name.into()],
@@ -664,4 +667,143 @@ fn the_stellar_example_runs_on_docker_and_a_new_image_rolls_with_a_healthy_copy_
         labelled(&rt, &e, name).is_empty()
     })
     .unwrap_or_else(|err| panic!("containers left after delete: {err}"));
+}
+
+/// A `dev up` child, stopped on a failure as `dev down` would stop it (SIGTERM, then it
+/// stops its nodes, whose reapers remove their containers), so that no environment outlives
+/// the test.
+struct StopOnDrop(std::process::Child);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            if let Some(pid) = i32::try_from(self.0.id())
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            let until = std::time::Instant::now() + Duration::from_secs(20);
+            while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn dev_up_with_the_docker_driver_runs_the_example_in_containers_and_dev_down_removes_them() {
+    let rt = rt();
+    let e = rt.block_on(async {
+        Engine::connect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}: this test needs a Docker engine"))
+    });
+    let name = "stellar-token-pipeline-docker";
+    let _cleanup = RemoveContainers {
+        engine: &e,
+        pipelines: vec![name.into()],
+    };
+    let bin = flowctl_bin().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state.json");
+    let log = tmp.path().join("dev-up.log");
+    let base = flowctl_testkit::dev_base_port();
+    let out = std::fs::File::create(&log).unwrap();
+    let child = std::process::Command::new(&bin)
+        .args(["dev", "up", "--driver", "docker", "--nodes", "1"])
+        .arg("--base-port")
+        .arg(base.to_string())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("FLOWCTL_DEV_STATE", &state)
+        .env_remove("FLOWCTL_ENDPOINTS")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let mut child = StopOnDrop(child);
+    let dev = |args: &[&str]| {
+        std::process::Command::new(&bin)
+            .args(args)
+            .env("FLOWCTL_DEV_STATE", &state)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let log_tail = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    let mut last = serde_json::Value::Null;
+    let flowing = wait_until(Duration::from_secs(120), || {
+        if !matches!(child.0.try_wait(), Ok(None)) {
+            return true;
+        }
+        let o = dev(&["dev", "status", "-o", "json"]);
+        last = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let cs = last["components"].as_array().cloned().unwrap_or_default();
+        let healthy = [
+            "stellar-live-source",
+            "ttp-processor-0",
+            "ttp-processor-1",
+            "consumer-app",
+        ]
+        .iter()
+        .all(|id| {
+            cs.iter()
+                .any(|c| c["id"] == *id && c["status"] == "healthy")
+        });
+        let events = cs
+            .iter()
+            .find(|c| c["id"] == "consumer-app")
+            .and_then(|c| c["metrics"]["flowctl_consumer_events_total"].as_str())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        healthy && events > 0.0
+    });
+    assert!(
+        matches!(child.0.try_wait(), Ok(None)) && flowing.is_ok(),
+        "dev up --driver docker did not get the example flowing: last status {last:#}\n{}",
+        log_tail()
+    );
+    let running = containers(&rt, &e, name);
+    assert_eq!(
+        running.keys().cloned().collect::<Vec<_>>(),
+        [
+            "consumer-app/0",
+            "stellar-live-source/0",
+            "ttp-processor/0",
+            "ttp-processor/1"
+        ],
+        "{running:?}"
+    );
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("components run as Docker containers"));
+
+    let down = dev(&["dev", "down"]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let exited = wait_until(Duration::from_secs(30), || {
+        matches!(child.0.try_wait(), Ok(Some(_)))
+    });
+    if exited.is_err() {
+        panic!("dev up still runs after dev down:\n{}", log_tail());
+    }
+    wait_until(Duration::from_secs(30), || {
+        labelled(&rt, &e, name).is_empty()
+    })
+    .unwrap_or_else(|err| {
+        panic!(
+            "containers left after dev down: {err}: {:?}",
+            labelled(&rt, &e, name)
+        )
+    });
 }

@@ -62,6 +62,19 @@ pub fn free_port() -> u16 {
         .expect("loopback has free ports")
 }
 
+/// A base port for one `flowctl dev up` node: its gRPC (base), metrics (base + 10) and peer
+/// (base + 20) ports are free.
+pub fn dev_base_port() -> u16 {
+    let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+    for _ in 0..100 {
+        let base = free_port();
+        if base <= 65_000 && free(base) && free(base + 10) && free(base + 20) {
+            return base;
+        }
+    }
+    panic!("no free base port found for dev up");
+}
+
 /// Extra `flowctl server` flags for every node.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {

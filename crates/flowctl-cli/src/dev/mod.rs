@@ -47,6 +47,7 @@ mod up;
 
 use crate::Global;
 use clap::{Args, Subcommand};
+use state::DevDriver;
 use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
@@ -70,7 +71,13 @@ pub struct UpArgs {
     /// Node i listens for gRPC on BASE+i and serves metrics on BASE+10+i, on 127.0.0.1.
     #[arg(long, default_value_t = 18080)]
     base_port: u16,
-    /// The pipeline to apply (default: examples/stellar-pipeline.yaml of this repository).
+    /// How the components run: `process` (child processes of the nodes) or `docker`
+    /// (containers of the images `scripts/build-images.sh` builds, on `DOCKER_HOST`).
+    #[arg(long, value_enum, default_value_t = DevDriver::Process)]
+    driver: DevDriver,
+    /// The pipeline to apply (default: examples/stellar-pipeline.yaml of this repository, or
+    /// examples/stellar-pipeline-docker.yaml with `--driver docker`); its `spec.driver` must
+    /// be `--driver`.
     #[arg(long)]
     pipeline: Option<PathBuf>,
     /// The .proto files to register first (default: the protos/ directory next to the

@@ -203,6 +203,12 @@ impl DevEnv {
         }
         // Always given, so that an empty one (no broker) does not mean localhost:9092.
         cmd.arg(format!("--kafka-brokers={}", self.state.kafka_brokers));
+        if !self.allowed_images.is_empty() {
+            cmd.arg(format!(
+                "--allowed-images={}",
+                self.allowed_images.join(",")
+            ));
+        }
         // Components are bare program names resolved through the server's PATH; the example
         // binaries are built next to flowctl.
         let mut path = vec![self.exe_dir.clone()];

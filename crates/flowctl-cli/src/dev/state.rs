@@ -21,6 +21,27 @@ pub(super) enum Phase {
     Stopping,
 }
 
+/// How the pipeline's components run: `--driver` of `dev up`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DevDriver {
+    /// As child processes of the nodes (examples/stellar-pipeline.yaml).
+    #[default]
+    Process,
+    /// As Docker containers, from the images scripts/build-images.sh builds
+    /// (examples/stellar-pipeline-docker.yaml).
+    Docker,
+}
+
+impl DevDriver {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Docker => "docker",
+        }
+    }
+}
+
 /// What `dev up` records about itself; `dev down` and `dev status` read it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct DevState {
@@ -46,6 +67,9 @@ pub(super) struct DevState {
     /// The admin token's file (node 0 creates the cluster with `--auth`).
     #[serde(default)]
     pub(super) admin_token_file: Option<PathBuf>,
+    /// How the components run (absent in files of older releases: processes).
+    #[serde(default)]
+    pub(super) driver: DevDriver,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -210,6 +234,7 @@ mod tests {
             pipeline_file: "p.yaml".into(),
             nodes: vec![],
             admin_token_file: None,
+            driver: DevDriver::Process,
         };
         claim_state(&path, &s).unwrap();
         assert_eq!(read_state(&path).unwrap().unwrap(), s);

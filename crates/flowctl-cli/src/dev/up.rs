@@ -4,7 +4,7 @@
 
 use super::processes::{proc_stat, setpriv, NodeProc, Ports, Signals, READY_TIMEOUT};
 use super::state::{
-    claim_state, release_state, state_path, write_state, DevState, Phase, STATE_VERSION,
+    claim_state, release_state, state_path, write_state, DevDriver, DevState, Phase, STATE_VERSION,
 };
 use super::status::{print_status, Snapshot};
 use super::UpArgs;
@@ -16,14 +16,24 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-/// The pipeline `dev up` applies when `--pipeline` is not given, looked up from the current
-/// directory and the flowctl binary's directory upwards.
-const DEFAULT_PIPELINE: &str = "examples/stellar-pipeline.yaml";
+/// The pipeline `dev up` applies when `--pipeline` is not given, by driver, looked up from the
+/// current directory and the flowctl binary's directory upwards.
+fn default_pipeline(driver: DevDriver) -> &'static str {
+    match driver {
+        DevDriver::Process => "examples/stellar-pipeline.yaml",
+        DevDriver::Docker => "examples/stellar-pipeline-docker.yaml",
+    }
+}
 const STATUS_REFRESH: Duration = Duration::from_secs(2);
 /// Deadline of each API call of the live table, so a stopped cluster does not stall it.
 const TABLE_API_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn resolve_pipeline(arg: Option<&Path>, exe_dir: &Path) -> anyhow::Result<PathBuf> {
+fn resolve_pipeline(
+    arg: Option<&Path>,
+    driver: DevDriver,
+    exe_dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let default = default_pipeline(driver);
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     if let Some(p) = arg {
         let p = cwd.join(p);
@@ -34,11 +44,11 @@ fn resolve_pipeline(arg: Option<&Path>, exe_dir: &Path) -> anyhow::Result<PathBu
     }
     cwd.ancestors()
         .chain(exe_dir.ancestors())
-        .map(|d| d.join(DEFAULT_PIPELINE))
+        .map(|d| d.join(default))
         .find(|p| p.is_file())
         .with_context(|| {
             format!(
-                "cannot find {DEFAULT_PIPELINE} above {} or {}; run from the repository or pass --pipeline",
+                "cannot find {default} above {} or {}; run from the repository or pass --pipeline",
                 cwd.display(),
                 exe_dir.display()
             )
@@ -82,6 +92,66 @@ fn check_programs(p: &flowctl_spec::ValidatedPipeline, exe_dir: &Path) -> anyhow
     Ok(())
 }
 
+/// The pipeline's `spec.driver` must be the one `dev up` prepares the nodes for.
+fn check_driver(
+    p: &flowctl_spec::ValidatedPipeline,
+    file: &Path,
+    driver: DevDriver,
+) -> anyhow::Result<()> {
+    let spec = p.spec().driver.as_str();
+    if spec != driver.as_str() {
+        bail!(
+            "{}: spec.driver is {spec}, but dev up runs --driver {}; pass --driver {spec} or another --pipeline",
+            file.display(),
+            driver.as_str()
+        );
+    }
+    Ok(())
+}
+
+/// The images of a docker-driver pipeline, each once, in document order.
+fn pipeline_images(p: &flowctl_spec::ValidatedPipeline) -> Vec<String> {
+    let mut images: Vec<String> = Vec::new();
+    for (_, c) in p.components() {
+        if let Some(i) = &c.image {
+            if !images.contains(i) {
+                images.push(i.clone());
+            }
+        }
+    }
+    images
+}
+
+/// Fails when no Docker engine answers, or when an image that is not pulled on every start
+/// is not on it (no registry is assumed: the example's images are built locally), rather
+/// than letting every instance fail to start.
+async fn check_images(p: &flowctl_spec::ValidatedPipeline) -> anyhow::Result<()> {
+    let engine = flowctl_server::docker::Engine::connect().await.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; --driver docker needs a Docker engine: start one with scripts/docker.sh start and export DOCKER_HOST as it prints"
+        )
+    })?;
+    let mut missing = Vec::new();
+    for (_, c) in p.components() {
+        let Some(image) = &c.image else { continue };
+        if c.image_pull_policy == Some(flowctl_spec::PullPolicy::Always) || missing.contains(image)
+        {
+            continue;
+        }
+        if !engine.has_image(image).await? {
+            missing.push(image.clone());
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the images {} are not on the Docker engine at {}; build them with scripts/build-images.sh",
+            missing.join(", "),
+            engine.address()
+        );
+    }
+    Ok(())
+}
+
 /// The `package` a .proto file declares.
 fn proto_package(text: &str) -> Option<String> {
     text.lines().find_map(|l| {
@@ -102,6 +172,8 @@ pub(super) struct DevEnv {
     pub(super) setpriv: Option<&'static str>,
     pub(super) broker: Option<flowctl_bus::EmbeddedBroker>,
     pub(super) nodes: Vec<NodeProc>,
+    /// What the nodes' `--allowed-images` allows: the pipeline's images (docker driver).
+    pub(super) allowed_images: Vec<String>,
     /// The invocation's token, resolved once; every call to the cluster sends it.
     token: Option<String>,
 }
@@ -114,11 +186,20 @@ pub(super) async fn up(g: &Global, a: UpArgs) -> anyhow::Result<()> {
         .context("the flowctl binary has no directory")?
         .to_path_buf();
     let state_path = state_path()?;
-    let pipeline_file = resolve_pipeline(a.pipeline.as_deref(), &exe_dir)?;
+    let pipeline_file = resolve_pipeline(a.pipeline.as_deref(), a.driver, &exe_dir)?;
     let text = std::fs::read_to_string(&pipeline_file)
         .with_context(|| format!("cannot read {}", pipeline_file.display()))?;
     let pipeline = flowctl_spec::validate_pipeline(&pipeline_file.display().to_string(), &text)?;
-    check_programs(&pipeline, &exe_dir)?;
+    check_driver(&pipeline, &pipeline_file, a.driver)?;
+    match a.driver {
+        DevDriver::Process => check_programs(&pipeline, &exe_dir)?,
+        DevDriver::Docker => check_images(&pipeline).await?,
+    }
+    // The nodes may run exactly the pipeline's images, nothing else.
+    let allowed_images = match a.driver {
+        DevDriver::Process => Vec::new(),
+        DevDriver::Docker => pipeline_images(&pipeline),
+    };
     let protos = match a.protos {
         Some(p) if p.is_dir() => Some(p),
         Some(p) => bail!("--protos {} is not a directory", p.display()),
@@ -154,6 +235,7 @@ pub(super) async fn up(g: &Global, a: UpArgs) -> anyhow::Result<()> {
         pipeline_file,
         nodes: Vec::new(),
         admin_token_file: None,
+        driver: a.driver,
     };
     // Claim before checking ports: a second `dev up` should hear that one is running, not
     // that its ports are taken.
@@ -168,6 +250,7 @@ pub(super) async fn up(g: &Global, a: UpArgs) -> anyhow::Result<()> {
         setpriv: setpriv(),
         broker: None,
         nodes: Vec::new(),
+        allowed_images,
         token,
     };
     let mut signals = match Signals::new() {
@@ -400,8 +483,17 @@ impl DevEnv {
         } else {
             ""
         };
+        let components = match s.driver {
+            DevDriver::Process => "processes, children of the nodes".to_owned(),
+            DevDriver::Docker => format!(
+                "Docker containers (docker ps --filter label={}={})",
+                flowctl_server::docker::LABEL_PIPELINE,
+                s.pipeline
+            ),
+        };
         format!(
             "flowctl dev: pipeline {} from {}\n\
+             \x20 components run as {components}\n\
              \x20 export FLOWCTL_ENDPOINTS={}\n\
              \x20 export FLOWCTL_TOKEN={}\n\
              \x20 Kafka brokers:  {} ({broker})\n\
