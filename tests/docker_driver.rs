@@ -649,6 +649,27 @@ fn the_stellar_example_runs_on_docker_and_a_new_image_rolls_with_a_healthy_copy_
     for kept in ["stellar-live-source/0", "consumer-app/0"] {
         assert_eq!(after[kept], before[kept], "{kept} was not to be replaced");
     }
+    // Each container is labelled with the generation it started under.
+    let generations: BTreeMap<String, String> = labelled(&rt, &e, name)
+        .into_values()
+        .map(|l| {
+            (
+                l[LABEL_INSTANCE].clone(),
+                l["io.flowctl.generation"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        generations,
+        [
+            ("consumer-app/0", "1"),
+            ("stellar-live-source/0", "1"),
+            ("ttp-processor/0", "2"),
+            ("ttp-processor/1", "2"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into(),
+    );
     // The consumer keeps counting on the new processors.
     let at_rollout = consumer_events(&c, 0).unwrap_or(0.0);
     wait_until(Duration::from_secs(60), || {

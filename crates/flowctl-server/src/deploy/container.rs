@@ -7,8 +7,8 @@
 //! and the container is removed.
 //!
 //! Every container is labelled with the cluster, the node, the node's run (a random id per
-//! server process), the pipeline, the component, the replica, the instance key and the
-//! placement epoch.
+//! server process), the pipeline, the component, the replica, the instance key, the pipeline
+//! generation it was started under and the placement epoch.
 //!
 //! Containers die with their node, as the process driver's children do: a small reaper
 //! process ([`spawn_reaper`], `flowctl container-reaper`) waits on a pipe from the server and,
@@ -22,7 +22,7 @@ use super::supervisor::Desired;
 use super::{DeployOptions, STOP_GRACE};
 use crate::docker::{
     ContainerSpec, DockerError, Engine, Output, Pull, LABEL_CLUSTER, LABEL_COMPONENT,
-    LABEL_INSTANCE, LABEL_NODE, LABEL_PIPELINE, LABEL_REPLICA,
+    LABEL_GENERATION, LABEL_INSTANCE, LABEL_NODE, LABEL_PIPELINE, LABEL_REPLICA,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -178,6 +178,7 @@ impl ContainerInstance {
             (LABEL_COMPONENT, cid.to_owned()),
             (LABEL_REPLICA, replica.to_owned()),
             (LABEL_INSTANCE, d.key.clone()),
+            (LABEL_GENERATION, d.generation.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

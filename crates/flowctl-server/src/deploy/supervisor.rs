@@ -37,9 +37,20 @@ pub(super) struct Desired {
     /// Set under the `docker` driver: what the container runs (`program` is then empty and
     /// `args` the container's command).
     pub(super) container: Option<ContainerRun>,
+    /// The pipeline generation this was read from; a copy keeps the generation it started
+    /// under (a container's label), as a new generation that leaves it unchanged does not
+    /// replace it (see [`Desired::runs_like`]).
+    pub(super) generation: u64,
 }
 
 impl Desired {
+    /// Whether `other` runs the same thing: everything but the generation is equal.
+    fn runs_like(&self, other: &Desired) -> bool {
+        let mut o = other.clone();
+        o.generation = self.generation;
+        *self == o
+    }
+
     /// The program or image, for events.
     fn what(&self) -> &str {
         match &self.container {
@@ -217,6 +228,7 @@ fn desired_here(
                     },
                     policy: c.restart_policy,
                     container,
+                    generation: rec.generation,
                 },
             );
         }
@@ -529,7 +541,7 @@ pub(super) async fn run_supervisor(
                     launch(&mut r, &opts, &pumps, &mut reporter, "Started").await;
                     running.insert(k.clone(), r);
                 }
-                Some(r) if r.desired != *d => {
+                Some(r) if !r.desired.runs_like(d) => {
                     let hash = spec_hash(d);
                     // Only the epoch changed (placed elsewhere and back while this node did
                     // not see it): the copy here is fenced, so replace it now, not as a
@@ -538,7 +550,7 @@ pub(super) async fn run_supervisor(
                         let (mut a, mut b) = (r.desired.clone(), d.clone());
                         a.env.remove(EPOCH_ENV);
                         b.env.remove(EPOCH_ENV);
-                        a == b
+                        a.runs_like(&b)
                     };
                     if !epoch_only {
                         if rolled.contains(&comp) || !may_replace(&node, d, &hash, now_ms()) {
@@ -715,11 +727,19 @@ mod tests {
             .into(),
             policy: RestartPolicy::Always,
             container: None,
+            generation: 3,
         };
         assert_eq!(
             spec_hash(&d("c-0", "b:9092")),
             spec_hash(&d("c-1", "b:9092"))
         );
+        // A new generation that leaves the instance as it was does not replace it.
+        let later = Desired {
+            generation: 4,
+            ..d("c-0", "b:9092")
+        };
+        assert!(d("c-0", "b:9092").runs_like(&later));
+        assert!(!d("c-0", "b:9092").runs_like(&d("c-0", "b:9093")));
         assert_ne!(
             spec_hash(&d("c-0", "b:9092")),
             spec_hash(&d("c-0", "b:9093"))
@@ -745,6 +765,7 @@ mod tests {
             env: BTreeMap::new(),
             policy: RestartPolicy::Always,
             container: Some(run),
+            generation: 1,
         };
         let base = spec_hash(&d(run.clone()));
         let changed = [
