@@ -97,6 +97,28 @@ struct Args {
     /// The flowctl binary (default: $FLOWCTL_BIN, else `flowctl` next to this executable).
     #[arg(long)]
     flowctl_bin: Option<PathBuf>,
+    /// Record a CPU profile of the three servers of each system during the measured part of
+    /// this cell (`write:64`), with `perf record -e cpu-clock --call-graph dwarf`, into
+    /// `perf-<system>-<workload>-<clients>.data` in the current directory.
+    #[arg(long, value_parser = parse_cell)]
+    profile: Option<(Workload, usize)>,
+}
+
+fn parse_cell(s: &str) -> Result<(Workload, usize), String> {
+    let (w, c) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected WORKLOAD:CLIENTS, such as write:64"))?;
+    let w = match w {
+        "write" => Workload::Write,
+        "read" => Workload::Read,
+        _ => return Err(format!("{w:?}: the workload is write or read")),
+    };
+    let c = c
+        .parse::<usize>()
+        .ok()
+        .filter(|c| *c > 0)
+        .ok_or_else(|| format!("{c:?}: the clients are a positive number"))?;
+    Ok((w, c))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +145,9 @@ struct Row {
     ops_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU time (user + system) of the system's three servers per 1,000 successful requests,
+    /// over the measured part.
+    cpu_ms_per_1k: f64,
     errors: u64,
     first_errors: Vec<String>,
 }
@@ -136,6 +161,7 @@ impl Row {
             "ops_per_sec": round(self.ops_per_sec, 1),
             "p50_ms": round(self.p50_ms, 3),
             "p99_ms": round(self.p99_ms, 3),
+            "cpu_ms_per_1k": round(self.cpu_ms_per_1k, 1),
         })
     }
 }
@@ -171,7 +197,8 @@ fn main() -> anyhow::Result<()> {
     let cluster = Cluster::start(3, ClusterOptions::default()).context("starting flowctl")?;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
     let log_starts = log_sizes(&cluster);
-    let flowctl_rows = rt.block_on(bench_flowctl(&addrs, &args));
+    let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
+    let flowctl_rows = rt.block_on(bench_flowctl(&addrs, &pids, &args));
     report_server_log_problems(&cluster, &log_starts);
     drop(cluster);
     let flowctl_rows = flowctl_rows?;
@@ -183,7 +210,8 @@ fn main() -> anyhow::Result<()> {
             let etcd = EtcdCluster::start(bin)?;
             let rows = rt.block_on(async {
                 etcd.wait_ready(Duration::from_secs(60)).await?;
-                bench_etcd(&etcd.client_urls, &args).await
+                let pids: Vec<u32> = etcd.children.iter().map(Child::id).collect();
+                bench_etcd(&etcd.client_urls, &pids, &args).await
             });
             if rows.is_err() {
                 eprintln!("etcd log tail:\n{}", etcd.log_tail(20));
@@ -249,6 +277,7 @@ async fn run_cell<F, Fut>(
     workload: Workload,
     clients: usize,
     args: &Args,
+    servers: &[u32],
     op: F,
 ) -> Row
 where
@@ -259,6 +288,23 @@ where
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup_seconds);
     let until = measure_from + Duration::from_secs(args.seconds);
+    // The servers' CPU time over the measured part (and its profile, if asked for this cell).
+    let monitor = {
+        let pids = servers.to_vec();
+        let profile = (args.profile == Some((workload, clients)))
+            .then(|| PathBuf::from(format!("perf-{system}-{}-{clients}.data", workload.name())));
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            let perf = profile.and_then(|f| start_perf(&pids, &f));
+            let before = cpu_ms(&pids);
+            tokio::time::sleep_until(until.into()).await;
+            let used = cpu_ms(&pids) - before;
+            if let Some(p) = perf {
+                stop_perf(p).await;
+            }
+            used
+        })
+    };
     let seq = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(clients);
     for task in 0..clients {
@@ -312,6 +358,7 @@ where
         }
     }
     let elapsed = measure_from.elapsed().as_secs_f64();
+    let cpu = monitor.await.unwrap_or(0.0);
     first_errors.truncate(KEEP_ERRORS);
     lat.sort_unstable();
     let row = Row {
@@ -321,15 +368,21 @@ where
         ops_per_sec: lat.len() as f64 / elapsed,
         p50_ms: percentile_ms(&lat, 0.50),
         p99_ms: percentile_ms(&lat, 0.99),
+        cpu_ms_per_1k: if lat.is_empty() {
+            0.0
+        } else {
+            cpu * 1000.0 / lat.len() as f64
+        },
         errors,
         first_errors,
     };
     eprintln!(
-        "  {system:7} {:5} clients={clients:<4} {:>9.1} ops/s  p50 {:>8.3} ms  p99 {:>8.3} ms{}",
+        "  {system:7} {:5} clients={clients:<4} {:>9.1} ops/s  p50 {:>8.3} ms  p99 {:>8.3} ms  cpu {:>7.1} ms/1k{}",
         workload.name(),
         row.ops_per_sec,
         row.p50_ms,
         row.p99_ms,
+        row.cpu_ms_per_1k,
         if errors > 0 {
             format!("  ({errors} errors)")
         } else {
@@ -337,6 +390,71 @@ where
         }
     );
     row
+}
+
+/// CPU time (user + system, all threads) these processes have used, in milliseconds, from
+/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks). A process that is gone counts 0.
+fn cpu_ms(pids: &[u32]) -> f64 {
+    let tick_ms = 1000.0 / rustix::param::clock_ticks_per_second() as f64;
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|stat| proc_stat_cpu_ticks(&stat))
+        .sum();
+    ticks as f64 * tick_ms
+}
+
+/// utime + stime of one `/proc/<pid>/stat` line. The command name (field 2) is in
+/// parentheses and may hold spaces, so fields are counted from its closing parenthesis.
+fn proc_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state); utime is field 14, stime field 15.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Starts `perf record` on `pids` into `file`; None (with a warning) if perf cannot start.
+fn start_perf(pids: &[u32], file: &Path) -> Option<Child> {
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let child = Command::new("perf")
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "499",
+            "--call-graph",
+            "dwarf",
+        ])
+        .arg("-p")
+        .arg(list.join(","))
+        .arg("-o")
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    match child {
+        Ok(c) => {
+            eprintln!("  recording a profile into {}", file.display());
+            Some(c)
+        }
+        Err(e) => {
+            eprintln!("warning: cannot start perf (Debian: linux-perf): {e}");
+            None
+        }
+    }
+}
+
+/// Ends `perf record` as Ctrl-C would (it then writes its file) and waits for it.
+async fn stop_perf(mut perf: Child) {
+    if let Some(pid) = i32::try_from(perf.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+    }
+    let _ = tokio::task::spawn_blocking(move || perf.wait()).await;
 }
 
 /// Nearest-rank percentile of sorted latencies, in milliseconds (0 when there are none).
@@ -430,7 +548,7 @@ async fn flowctl_get(ch: Channel, name: String) -> anyhow::Result<()> {
     }
 }
 
-async fn bench_flowctl(addrs: &[String], args: &Args) -> anyhow::Result<Vec<Row>> {
+async fn bench_flowctl(addrs: &[String], servers: &[u32], args: &Args) -> anyhow::Result<Vec<Row>> {
     let chans = Arc::new(flowctl_channels(addrs).await?);
     let mut rows = Vec::new();
     for &c in &args.clients {
@@ -439,9 +557,14 @@ async fn bench_flowctl(addrs: &[String], args: &Args) -> anyhow::Result<Vec<Row>
         // Every write, across cells, gets a fresh name.
         let base = rows.len() as u64 * 1_000_000_000;
         rows.push(
-            run_cell("flowctl", Workload::Write, c, args, move |task, seq| {
-                flowctl_apply(chans[task % n].clone(), write_name(base + seq))
-            })
+            run_cell(
+                "flowctl",
+                Workload::Write,
+                c,
+                args,
+                servers,
+                move |task, seq| flowctl_apply(chans[task % n].clone(), write_name(base + seq)),
+            )
             .await,
         );
     }
@@ -458,10 +581,17 @@ async fn bench_flowctl(addrs: &[String], args: &Args) -> anyhow::Result<Vec<Row>
         let chans = chans.clone();
         let n = chans.len();
         rows.push(
-            run_cell("flowctl", Workload::Read, c, args, move |task, _| {
-                let i = rand::random_range(0..READ_KEYS);
-                flowctl_get(chans[task % n].clone(), read_name(i))
-            })
+            run_cell(
+                "flowctl",
+                Workload::Read,
+                c,
+                args,
+                servers,
+                move |task, _| {
+                    let i = rand::random_range(0..READ_KEYS);
+                    flowctl_get(chans[task % n].clone(), read_name(i))
+                },
+            )
             .await,
         );
     }
@@ -659,7 +789,7 @@ impl Drop for EtcdCluster {
     }
 }
 
-async fn bench_etcd(urls: &[String], args: &Args) -> anyhow::Result<Vec<Row>> {
+async fn bench_etcd(urls: &[String], servers: &[u32], args: &Args) -> anyhow::Result<Vec<Row>> {
     // One client (one connection) per member, as for flowctl.
     let mut kvs = Vec::new();
     for u in urls {
@@ -676,11 +806,18 @@ async fn bench_etcd(urls: &[String], args: &Args) -> anyhow::Result<Vec<Row>> {
         let n = kvs.len();
         let base = rows.len() as u64 * 1_000_000_000;
         rows.push(
-            run_cell("etcd", Workload::Write, c, args, move |task, seq| {
-                let mut kv = kvs[task % n].clone();
-                let name = write_name(base + seq);
-                async move { etcd_put(&mut kv, etcd_key(&name), value_of(&name)).await }
-            })
+            run_cell(
+                "etcd",
+                Workload::Write,
+                c,
+                args,
+                servers,
+                move |task, seq| {
+                    let mut kv = kvs[task % n].clone();
+                    let name = write_name(base + seq);
+                    async move { etcd_put(&mut kv, etcd_key(&name), value_of(&name)).await }
+                },
+            )
             .await,
         );
     }
@@ -699,7 +836,7 @@ async fn bench_etcd(urls: &[String], args: &Args) -> anyhow::Result<Vec<Row>> {
         let kvs = kvs.clone();
         let n = kvs.len();
         rows.push(
-            run_cell("etcd", Workload::Read, c, args, move |task, _| {
+            run_cell("etcd", Workload::Read, c, args, servers, move |task, _| {
                 let mut kv = kvs[task % n].clone();
                 let key = etcd_key(&read_name(rand::random_range(0..READ_KEYS)));
                 async move {
@@ -726,43 +863,48 @@ fn print_table(flowctl: &[Row], etcd: &[Row], args: &Args) {
         "flowctl ops/s",
         "p50 ms",
         "p99 ms",
+        "cpu ms/1k",
         "etcd ops/s",
         "p50 ms",
         "p99 ms",
+        "cpu ms/1k",
         "ratio",
+        "cpu ratio",
     ];
-    let mut lines: Vec<[String; 9]> = Vec::new();
+    let mut lines: Vec<Vec<String>> = Vec::new();
     for w in [Workload::Write, Workload::Read] {
         for &c in &args.clients {
             let f = flowctl.iter().find(|r| r.workload == w && r.clients == c);
             let e = etcd.iter().find(|r| r.workload == w && r.clients == c);
             let cells = |r: Option<&Row>| match r {
-                Some(r) => [
+                Some(r) => vec![
                     format!("{:.0}", r.ops_per_sec),
                     format!("{:.2}", r.p50_ms),
                     format!("{:.2}", r.p99_ms),
+                    format!("{:.0}", r.cpu_ms_per_1k),
                 ],
-                None => ["-".into(), "-".into(), "-".into()],
+                None => vec!["-".into(); 4],
             };
-            let [fo, f50, f99] = cells(f);
-            let [eo, e50, e99] = cells(e);
-            let ratio = match (f, e) {
-                (Some(f), Some(e)) if e.ops_per_sec > 0.0 => {
-                    format!("{:.2}", f.ops_per_sec / e.ops_per_sec)
+            let ratio = |num: f64, den: f64| {
+                if den > 0.0 {
+                    format!("{:.2}", num / den)
+                } else {
+                    "-".into()
                 }
-                _ => "-".into(),
             };
-            lines.push([
-                w.name().into(),
-                c.to_string(),
-                fo,
-                f50,
-                f99,
-                eo,
-                e50,
-                e99,
-                ratio,
-            ]);
+            let (r, cpu) = match (f, e) {
+                (Some(f), Some(e)) => (
+                    ratio(f.ops_per_sec, e.ops_per_sec),
+                    ratio(f.cpu_ms_per_1k, e.cpu_ms_per_1k),
+                ),
+                _ => ("-".into(), "-".into()),
+            };
+            let mut line = vec![w.name().to_owned(), c.to_string()];
+            line.extend(cells(f));
+            line.extend(cells(e));
+            line.push(r);
+            line.push(cpu);
+            lines.push(line);
         }
     }
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -814,6 +956,22 @@ mod tests {
     #[test]
     fn colour_codes_are_stripped() {
         assert_eq!(strip_ansi("\u{1b}[33m WARN\u{1b}[0m x"), " WARN x");
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "4242 (flowctl server) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9";
+        assert_eq!(proc_stat_cpu_ticks(stat), Some(325));
+        assert_eq!(proc_stat_cpu_ticks("4242 (x"), None);
+        assert!(cpu_ms(&[std::process::id()]) >= 0.0);
+    }
+
+    #[test]
+    fn profile_cells_are_workload_and_clients() {
+        assert_eq!(parse_cell("write:64"), Ok((Workload::Write, 64)));
+        assert!(parse_cell("write").is_err());
+        assert!(parse_cell("scan:1").is_err());
+        assert!(parse_cell("read:0").is_err());
     }
 
     #[test]
