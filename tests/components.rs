@@ -376,9 +376,17 @@ fn steady_heartbeats_do_not_grow_the_raft_log() {
     let stop = Arc::new(AtomicBool::new(false));
     let eps: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
     let h = heartbeaters(eps, ids, Duration::from_secs(1), stop.clone());
-    // Let the registrations settle and the metrics refresh.
-    std::thread::sleep(Duration::from_secs(2));
+    // Let the registrations settle: each one is confirmed once by the leader after its first
+    // heartbeat (a one-time write, at the next liveness sweep, every TTL/4 = 2.5 s). Steady
+    // state is when the log stays put across more than a sweep.
     let leader = c.leader_index().unwrap();
+    let mut settled = commit_index(&c, leader);
+    wait_until(Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_secs(4));
+        let now = commit_index(&c, leader);
+        std::mem::replace(&mut settled, now) == now
+    })
+    .unwrap_or_else(|e| panic!("the log did not settle after the registrations: {e}"));
     let before = commit_index(&c, leader);
     std::thread::sleep(Duration::from_secs(30));
     let after = commit_index(&c, leader);
