@@ -56,6 +56,9 @@ pub(super) async fn run_scheduler(
     // Pipelines (name, generation) whose topics exist; a failure is reported once.
     let mut topics_ready: HashSet<(String, u64)> = HashSet::new();
     let mut topics_failed: HashSet<(String, u64)> = HashSet::new();
+    // Name → (generation, whether flowctl deploys it): each stored document's driver is read
+    // once per generation, not on every pass (a pass runs every second over every pipeline).
+    let mut deployed: HashMap<String, (u64, bool)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -67,6 +70,7 @@ pub(super) async fn run_scheduler(
             last_ok.clear();
             topics_ready.clear();
             topics_failed.clear();
+            deployed.clear();
             continue;
         }
         let st = node.status();
@@ -99,14 +103,24 @@ pub(super) async fn run_scheduler(
         }
         // Copy only what is needed: names and generations, the documents not yet parsed at
         // their generation, and the placements.
-        let (pipelines, placements, all_names) = node
+        let (pipelines, placements) = node
             .read_stale(|s| {
+                deployed.retain(|name, _| s.pipelines.contains_key(name));
+                specs.retain(|name| s.pipelines.contains_key(name));
                 let pipelines: Vec<(String, u64, Option<String>)> = s
                     .pipelines
                     .values()
-                    // Only process- and docker-driver pipelines are deployed here; the driver is read from the
-                    // canonical JSON, which is much cheaper than validating the YAML again.
-                    .filter(|p| deployed_by_flowctl(&p.canonical))
+                    // Only process- and docker-driver pipelines are deployed here; the driver is
+                    // read from the canonical JSON (much cheaper than validating the YAML
+                    // again), once per generation.
+                    .filter(|p| match deployed.get(&p.name) {
+                        Some((g, d)) if *g == p.generation => *d,
+                        _ => {
+                            let d = deployed_by_flowctl(&p.canonical);
+                            deployed.insert(p.name.clone(), (p.generation, d));
+                            d
+                        }
+                    })
                     .map(|p| {
                         let yaml = specs
                             .cached(&p.name, p.generation)
@@ -115,11 +129,9 @@ pub(super) async fn run_scheduler(
                         (p.name.clone(), p.generation, yaml)
                     })
                     .collect();
-                let names: HashSet<String> = s.pipelines.keys().cloned().collect();
-                (pipelines, s.placements.clone(), names)
+                (pipelines, s.placements.clone())
             })
             .0;
-        specs.retain(|name| all_names.contains(name));
         // Load: instances kept where they are, counted first across all pipelines.
         let mut load: BTreeMap<NodeId, usize> = live.iter().map(|&n| (NodeId(n), 0)).collect();
         for p in placements.values() {
