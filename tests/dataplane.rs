@@ -195,24 +195,7 @@ fn failed_records_are_indexed_once_across_a_leader_kill_and_replays_complete_the
         },
     )
     .unwrap();
-    let protos = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/protos");
-    for (file, pkg) in [
-        ("raw_ledger_service.proto", "raw_ledger_service"),
-        ("token_transfer.proto", "token_transfer"),
-    ] {
-        let p = protos.join(file);
-        let out = c
-            .flowctl(
-                0,
-                &["schemas", "push", p.to_str().unwrap(), "--package", pkg],
-            )
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    c.push_example_schemas(0).unwrap();
     let failed: BTreeSet<u32> = (FIRST..=LAST)
         .filter(|s| ttp_processor::fails_injected(*s, FAIL_FRACTION))
         .collect();

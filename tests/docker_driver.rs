@@ -49,12 +49,19 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The engine at `DOCKER_HOST`; a test without one fails saying so.
+fn connect(rt: &tokio::runtime::Runtime) -> Engine {
+    rt.block_on(async {
+        Engine::connect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}: this test needs a Docker engine"))
+    })
+}
+
 /// The engine, with `REPO:v1` and `REPO:v2` made (the same files under two references).
 fn engine(rt: &tokio::runtime::Runtime) -> Engine {
+    let e = connect(rt);
     rt.block_on(async {
-        let e = Engine::connect()
-            .await
-            .unwrap_or_else(|e| panic!("{e}: this test needs a Docker engine"));
         let tar = rootfs();
         for tag in ["v1", "v2"] {
             e.import_rootfs(tar.clone(), &format!("{REPO}:{tag}"))
@@ -162,6 +169,39 @@ fn events_at(c: &Cluster, n: usize, name: &str) -> Vec<serde_json::Value> {
         .as_array()
         .cloned()
         .unwrap_or_default()
+}
+
+/// `delete pipeline name` through node `n`; then no container of it is left, running or not.
+fn delete_leaves_no_container(
+    c: &Cluster,
+    n: usize,
+    rt: &tokio::runtime::Runtime,
+    e: &Engine,
+    name: &str,
+) {
+    let out = c.flowctl(n, &["delete", "pipeline", name]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(Duration::from_secs(30), || labelled(rt, e, name).is_empty()).unwrap_or_else(
+        |err| {
+            panic!(
+                "containers left after delete: {err}: {:?}",
+                labelled(rt, e, name)
+            )
+        },
+    );
+}
+
+/// The instances of `name` replaced so far (`Replaced` events), in order.
+fn replaced(c: &Cluster, name: &str) -> Vec<String> {
+    events(c, name)
+        .iter()
+        .filter(|e| e["reason"] == "Replaced")
+        .map(|e| e["instance"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// Containers of `pipeline` (running or not): name → labels.
@@ -276,13 +316,8 @@ fn images_run_as_containers_roll_on_a_new_image_and_leave_no_orphans() {
             describe(&c, name)
         )
     });
-    let replaced: Vec<String> = events(&c, name)
-        .iter()
-        .filter(|e| e["reason"] == "Replaced")
-        .map(|e| e["instance"].as_str().unwrap().to_owned())
-        .collect();
     assert_eq!(
-        replaced,
+        replaced(&c, name),
         ["proc/0", "proc/1"],
         "one replica at a time, in order"
     );
@@ -394,21 +429,7 @@ fn images_run_as_containers_roll_on_a_new_image_and_leave_no_orphans() {
     assert_eq!(containers(&rt, &e, name).len(), 4);
 
     // Deleting the pipeline stops and removes every container.
-    let out = c.flowctl(other, &["delete", "pipeline", name]).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_until(Duration::from_secs(30), || {
-        labelled(&rt, &e, name).is_empty()
-    })
-    .unwrap_or_else(|err| {
-        panic!(
-            "containers left after delete: {err}: {:?}",
-            labelled(&rt, &e, name)
-        )
-    });
+    delete_leaves_no_container(&c, other, &rt, &e, name);
 }
 
 #[test]
@@ -471,11 +492,7 @@ fn heartbeating(c: &Cluster, n: usize) -> Vec<String> {
 #[test]
 fn the_stellar_example_runs_on_docker_and_a_new_image_rolls_with_a_healthy_copy_throughout() {
     let rt = rt();
-    let e = rt.block_on(async {
-        Engine::connect()
-            .await
-            .unwrap_or_else(|e| panic!("{e}: this test needs a Docker engine"))
-    });
+    let e = connect(&rt);
     for image in EXAMPLE_IMAGES {
         assert!(
             rt.block_on(e.has_image(image)).unwrap(),
@@ -515,24 +532,7 @@ fn the_stellar_example_runs_on_docker_and_a_new_image_rolls_with_a_healthy_copy_
         engine: &e,
         pipelines: vec![name.into()],
     };
-    let protos = example.parent().unwrap().join("protos");
-    for (file, pkg) in [
-        ("raw_ledger_service.proto", "raw_ledger_service"),
-        ("token_transfer.proto", "token_transfer"),
-    ] {
-        let p = protos.join(file);
-        let out = c
-            .flowctl(
-                0,
-                &["schemas", "push", p.to_str().unwrap(), "--package", pkg],
-            )
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    c.push_example_schemas(0).unwrap();
     let file = c.dir().join("stellar.yaml");
     std::fs::write(&file, &text).unwrap();
     c.apply_file(1, &[], &file).unwrap();
@@ -635,13 +635,8 @@ fn the_stellar_example_runs_on_docker_and_a_new_image_rolls_with_a_healthy_copy_
             describe(&c, name)
         )
     });
-    let replaced: Vec<String> = events(&c, name)
-        .iter()
-        .filter(|e| e["reason"] == "Replaced")
-        .map(|e| e["instance"].as_str().unwrap().to_owned())
-        .collect();
     assert_eq!(
-        replaced,
+        replaced(&c, name),
         ["ttp-processor/0", "ttp-processor/1"],
         "one replica at a time, in order ({looks} looks)"
     );
@@ -678,16 +673,7 @@ fn the_stellar_example_runs_on_docker_and_a_new_image_rolls_with_a_healthy_copy_
     .unwrap_or_else(|err| panic!("the totals stopped at {at_rollout} after the rollout: {err}"));
     eprintln!("consumer events: {seen} before the rollout, {at_rollout} after it ({looks} looks)");
 
-    let out = c.flowctl(0, &["delete", "pipeline", name]).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_until(Duration::from_secs(30), || {
-        labelled(&rt, &e, name).is_empty()
-    })
-    .unwrap_or_else(|err| panic!("containers left after delete: {err}"));
+    delete_leaves_no_container(&c, 0, &rt, &e, name);
 }
 
 /// A `dev up` child, stopped on a failure as `dev down` would stop it (SIGTERM, then it
@@ -717,11 +703,7 @@ impl Drop for StopOnDrop {
 #[test]
 fn dev_up_with_the_docker_driver_runs_the_example_in_containers_and_dev_down_removes_them() {
     let rt = rt();
-    let e = rt.block_on(async {
-        Engine::connect()
-            .await
-            .unwrap_or_else(|e| panic!("{e}: this test needs a Docker engine"))
-    });
+    let e = connect(&rt);
     let name = "stellar-token-pipeline-docker";
     let _cleanup = RemoveContainers {
         engine: &e,

@@ -503,6 +503,30 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Registers the example pipelines' event types (examples/protos: raw_ledger_service and
+    /// token_transfer) through node `i`, each file as its own package.
+    pub fn push_example_schemas(&self, i: usize) -> anyhow::Result<()> {
+        let protos = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/protos");
+        for (file, pkg) in [
+            ("raw_ledger_service.proto", "raw_ledger_service"),
+            ("token_transfer.proto", "token_transfer"),
+        ] {
+            let p = protos.join(file);
+            let out = self.flowctl(
+                i,
+                &["schemas", "push", &p.to_string_lossy(), "--package", pkg],
+            )?;
+            if !out.status.success() {
+                bail!(
+                    "flowctl schemas push {} on node {i} failed: {}",
+                    p.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The ids of the components node `i` lists as healthy (none when it does not answer).
     pub fn healthy(&self, i: usize) -> Vec<String> {
         self.json(i, &["list", "--timeout", "5"])
