@@ -399,8 +399,12 @@ mod tests {
     fn audit_command_golden_bytes() {
         let cmd = rec(vec![golden_entry()], 100);
         assert_eq!(
-            codec::encode_command(&cmd).unwrap(),
+            codec::encode_v1("command", &cmd).unwrap(),
             GOLDEN_RECORD.as_bytes()
+        );
+        assert_eq!(
+            codec::decode_command(&codec::encode_command(&cmd).unwrap()).unwrap(),
+            cmd
         );
         assert_eq!(
             codec::decode_command(GOLDEN_RECORD.as_bytes()).unwrap(),
@@ -411,11 +415,11 @@ mod tests {
     #[test]
     fn audit_state_round_trips_and_an_empty_one_is_not_written() {
         let mut s = State::default();
-        let empty = String::from_utf8(codec::encode_state(&s).unwrap()).unwrap();
+        let empty = String::from_utf8(codec::encode_v1("state", &s).unwrap()).unwrap();
         assert!(!empty.contains("audit"), "{empty}");
 
         apply(&mut s, 3, &rec(vec![golden_entry()], 100));
-        let bytes = codec::encode_state(&s).unwrap();
+        let bytes = codec::encode_v1("state", &s).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(
             text.ends_with("\"audit\":{\"records\":{\"0\":{\"seq\":0,\"entry\":{\"at_ms\":1000,\"who\":\"ci\",\"method\":\"/flowctl.admin.v1.Admin/ApplyPipeline\",\"node\":7}}},\"next_seq\":1}}"),
@@ -423,6 +427,10 @@ mod tests {
         );
         let back = codec::decode_state(&bytes).unwrap();
         assert_eq!(back, s);
+        assert_eq!(
+            codec::decode_state(&codec::encode_state(&s).unwrap()).unwrap(),
+            s
+        );
         assert_eq!(back.audit, s.audit);
 
         // States differing only in the audit log are not equal.

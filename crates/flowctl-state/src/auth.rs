@@ -508,7 +508,14 @@ mod tests {
             (set(true), GOLDEN_SET),
             (revoke("ci"), GOLDEN_REVOKE),
         ] {
-            assert_eq!(codec::encode_command(&cmd).unwrap(), golden.as_bytes());
+            assert_eq!(
+                codec::encode_v1("command", &cmd).unwrap(),
+                golden.as_bytes()
+            );
+            assert_eq!(
+                codec::decode_command(&codec::encode_command(&cmd).unwrap()).unwrap(),
+                cmd
+            );
             assert_eq!(codec::decode_command(golden.as_bytes()).unwrap(), cmd);
         }
     }
@@ -516,12 +523,12 @@ mod tests {
     #[test]
     fn auth_state_round_trips_and_an_empty_one_is_not_written() {
         let mut s = State::default();
-        let empty = String::from_utf8(codec::encode_state(&s).unwrap()).unwrap();
+        let empty = String::from_utf8(codec::encode_v1("state", &s).unwrap()).unwrap();
         assert!(!empty.contains("auth"), "{empty}");
 
         apply(&mut s, 3, &set(true));
         apply(&mut s, 4, &create(golden_token()));
-        let bytes = codec::encode_state(&s).unwrap();
+        let bytes = codec::encode_v1("state", &s).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(
             text.ends_with("\"auth\":{\"enabled\":true,\"tokens\":{\"ci\":{\"name\":\"ci\",\"role\":\"agent\",\"hash\":\"00000000000000000000000000000000000000000000000000000000000000ff\",\"created_ms\":1000,\"expires_ms\":2000}},\"revision\":4}}"),
@@ -529,6 +536,10 @@ mod tests {
         );
         let back = codec::decode_state(&bytes).unwrap();
         assert_eq!(back, s);
+        assert_eq!(
+            codec::decode_state(&codec::encode_state(&s).unwrap()).unwrap(),
+            s
+        );
         assert_eq!(back.auth, s.auth);
 
         // States differing only in auth are not equal.

@@ -2,8 +2,9 @@
 //! entries), every `Outcome` variant (remembered requests, forwarded answers), the snapshot of
 //! a state with every section filled, and the pipeline record.
 //!
-//! Each case is one file under `tests/golden/<category>/<case>.golden` holding the exact
-//! encoded bytes (the version byte, then the JSON body). A case passes when encoding its value
+//! Each case is one file under `tests/golden/<category>/<case>.golden` (version 1, JSON) and
+//! `tests/golden/v2/<category>/<case>.golden` (version 2, MessagePack) holding the exact
+//! encoded bytes (the version byte, then the body). A case passes when encoding its value
 //! gives exactly those bytes and decoding those bytes gives the value back. If an encoding
 //! changes, logs and snapshots written by earlier releases stop decoding: add a new version
 //! instead of editing a golden file. New cases (and, deliberately, changed ones) are written with
@@ -942,21 +943,33 @@ const STATE_SECTIONS: [&str; 11] = [
 ];
 
 // ---------------------------------------------------------------------------------------------
-// The tests.
+// The tests. Each encoding is checked at every version: version 1 (JSON, what earlier releases
+// wrote: its golden files must keep decoding) under `tests/golden/<category>/`, and version 2
+// (MessagePack, written now) under `tests/golden/v2/<category>/`.
+
+type Encoder<T> = Box<dyn Fn(&T) -> Result<Vec<u8>, codec::Error>>;
+
+/// The version-1 encoder of `what`.
+fn v1<T: serde::Serialize + 'static>(what: &'static str) -> Encoder<T> {
+    Box::new(move |v: &T| codec::encode_v1(what, v))
+}
 
 #[test]
 fn every_command_variant_has_a_golden_encoding_that_round_trips() {
     let cases = command_cases();
     let mut g = Goldens::new("command");
+    let mut g2 = Goldens::new("v2/command");
     for (case, cmd) in &cases {
         assert!(
             case.split('-').next() == Some(command_variant(cmd)),
             "case {case} must be named after its variant {}",
             command_variant(cmd)
         );
-        g.check(case, cmd, codec::encode_command, codec::decode_command);
+        g.check(case, cmd, v1("command"), codec::decode_command);
+        g2.check(case, cmd, codec::encode_command, codec::decode_command);
     }
     g.finish();
+    g2.finish();
     let covered = cases.iter().map(|(_, c)| command_variant(c)).collect();
     assert_covers_all("Command", &covered, &serde_variants::<Command>());
 }
@@ -965,15 +978,18 @@ fn every_command_variant_has_a_golden_encoding_that_round_trips() {
 fn every_outcome_variant_has_a_golden_encoding_that_round_trips() {
     let cases = outcome_cases();
     let mut g = Goldens::new("outcome");
+    let mut g2 = Goldens::new("v2/outcome");
     for (case, o) in &cases {
         assert!(
             case.split('-').next() == Some(outcome_variant(o)),
             "case {case} must be named after its variant {}",
             outcome_variant(o)
         );
-        g.check(case, o, codec::encode_outcome, codec::decode_outcome);
+        g.check(case, o, v1("outcome"), codec::decode_outcome);
+        g2.check(case, o, codec::encode_outcome, codec::decode_outcome);
     }
     g.finish();
+    g2.finish();
     let covered = cases.iter().map(|(_, o)| outcome_variant(o)).collect();
     assert_covers_all("Outcome", &covered, &serde_variants::<Outcome>());
     let rejections = cases
@@ -991,7 +1007,7 @@ fn snapshots_and_pipeline_records_have_golden_encodings_that_round_trip() {
     let full = full_state();
     // Every section of the state is in the golden snapshot, so none of them goes unchecked.
     let json: serde_json::Value =
-        serde_json::from_slice(&codec::encode_state(&full).unwrap()[1..]).unwrap();
+        serde_json::from_slice(&codec::encode_v1("state", &full).unwrap()[1..]).unwrap();
     let keys: Vec<&str> = json
         .as_object()
         .unwrap()
@@ -1008,24 +1024,39 @@ fn snapshots_and_pipeline_records_have_golden_encodings_that_round_trip() {
     // serde_json's map sorts its keys.
     assert_eq!(keys, sections, "the non-empty sections of the golden state");
 
-    let mut g = Goldens::new("snapshot");
-    g.check(
-        "empty",
-        &State::default(),
-        codec::encode_state,
-        codec::decode_state,
-    );
-    g.check("full", &full, codec::encode_state, codec::decode_state);
-    g.finish();
+    for (snapshot, record, encode_state, encode_pipeline) in [
+        (
+            "snapshot",
+            "pipeline-record",
+            v1::<State>("state"),
+            v1::<PipelineRecord>("pipeline record"),
+        ),
+        (
+            "v2/snapshot",
+            "v2/pipeline-record",
+            Box::new(codec::encode_state) as Encoder<State>,
+            Box::new(codec::encode_pipeline) as Encoder<PipelineRecord>,
+        ),
+    ] {
+        let mut g = Goldens::new(snapshot);
+        g.check(
+            "empty",
+            &State::default(),
+            &encode_state,
+            codec::decode_state,
+        );
+        g.check("full", &full, &encode_state, codec::decode_state);
+        g.finish();
 
-    let mut g = Goldens::new("pipeline-record");
-    g.check(
-        "PipelineRecord",
-        &pipeline_record(),
-        codec::encode_pipeline,
-        codec::decode_pipeline,
-    );
-    g.finish();
+        let mut g = Goldens::new(record);
+        g.check(
+            "PipelineRecord",
+            &pipeline_record(),
+            &encode_pipeline,
+            codec::decode_pipeline,
+        );
+        g.finish();
+    }
 }
 
 #[test]

@@ -44,6 +44,10 @@ use std::path::Path;
 
 const REWRITE_VAR: &str = "GOLDEN_REWRITE";
 const GOLDEN: &str = "tests/golden/records.txt";
+/// The same store as written by releases before the version-2 (MessagePack) codec: every
+/// record, log entry and the snapshot file's records in version 1 (JSON). Kept, not
+/// rewritten: a data dir written by those releases must still open.
+const GOLDEN_V1_STORE: &str = "tests/golden/records-v1.txt";
 /// The snapshot file the same log gave in the format before the streaming one (one
 /// `codec::encode_state` document), in the golden file's text form. Kept, not rewritten: this
 /// release must still install what the previous one sends.
@@ -400,9 +404,24 @@ fn parse_key(s: &str) -> Vec<u8> {
     out
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
 /// A value: `v1 <text>` for the version-1 encodings (a version byte of 1, then one line of
-/// UTF-8), `hex <bytes>` for anything else.
+/// UTF-8), `v2 <hex>` for the version-2 ones (a version byte of 2, then the MessagePack body
+/// in hex), `hex <bytes>` for anything else.
 fn render_value(v: &[u8]) -> String {
+    if let Some((&2, body)) = v.split_first() {
+        return format!("v2 {}", hex(body));
+    }
     if let Some((&1, body)) = v.split_first() {
         if let Ok(text) = std::str::from_utf8(body) {
             if !text.contains(['\n', '\r']) {
@@ -410,8 +429,7 @@ fn render_value(v: &[u8]) -> String {
             }
         }
     }
-    let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
-    format!("hex {hex}")
+    format!("hex {}", hex(v))
 }
 
 fn parse_value(s: &str) -> Vec<u8> {
@@ -419,20 +437,22 @@ fn parse_value(s: &str) -> Vec<u8> {
         let mut v = vec![1];
         v.extend_from_slice(text.as_bytes());
         v
-    } else if let Some(hex) = s.strip_prefix("hex ") {
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect()
+    } else if let Some(body) = s.strip_prefix("v2 ") {
+        let mut v = vec![2];
+        v.extend(unhex(body));
+        v
+    } else if let Some(h) = s.strip_prefix("hex ") {
+        unhex(h)
     } else {
-        panic!("a golden value starts with `v1 ` or `hex `: {s:?}")
+        panic!("a golden value starts with `v1 `, `v2 ` or `hex `: {s:?}")
     }
 }
 
 const HEADER: &str = "\
 # Golden bytes of every record flowctl-store persists, written by tests/golden.rs (rewrite
 # with GOLDEN_REWRITE=1). Each record is a `<column family> <key>` line and a value line:
-# `v1 <JSON>` is the version byte 1 and the JSON body, `hex <bytes>` anything else.
+# `v1 <JSON>` is the version byte 1 and the JSON body, `v2 <hex>` the version byte 2 and the
+# MessagePack body, `hex <bytes>` anything else.
 ";
 
 fn render(records: &Records) -> String {
@@ -595,23 +615,12 @@ async fn every_record_kind_has_golden_bytes_and_the_golden_records_load() {
     );
     assert_eq!(golden_text, text, "{GOLDEN} is not in its canonical form");
 
-    // Decoding: a store made of the golden records loads what the log made.
-    let fresh = tempfile::tempdir().unwrap();
-    drop(open(fresh.path(), StoreOptions::default()).unwrap());
-    load(fresh.path(), &golden);
-    let (mut log_store, mut sm) = open(fresh.path(), StoreOptions::default()).unwrap();
-    assert_eq!(sm.reader().read(|s, _| s.clone()), expected.state);
-    let (applied, membership) = sm.applied_state().await.unwrap();
-    assert_eq!(applied, expected.applied);
-    assert_eq!(membership, expected.membership);
-    let snap = sm.get_current_snapshot().await.unwrap().unwrap();
-    assert_eq!(snap.meta, expected.snapshot);
-    assert_eq!(log_store.read_vote().await.unwrap(), Some(vote()));
-    let st = log_store.get_log_state().await.unwrap();
-    assert_eq!(st.last_purged_log_id, Some(log_id(1, PURGED)));
-    let entries = log_store.try_get_log_entries(0..u64::MAX).await.unwrap();
-    let want: Vec<Entry> = log().into_iter().skip(PURGED as usize).collect();
-    assert_eq!(entries, want);
+    // Decoding: a store made of the golden records loads what the log made, and so does one
+    // made of the records of the releases before the version-2 codec.
+    check_loads(&golden, &expected, GOLDEN).await;
+    let v1_store_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN_V1_STORE);
+    let v1_store = parse(&std::fs::read_to_string(&v1_store_path).unwrap());
+    check_loads(&v1_store, &expected, GOLDEN_V1_STORE).await;
 
     // The golden snapshot files install into an empty store and give what the log made: the
     // streaming format this release writes, and the JSON document of the releases before it.
@@ -621,6 +630,12 @@ async fn every_record_kind_has_golden_bytes_and_the_golden_records_load() {
         .map(|(_, v)| v.clone())
         .unwrap();
     assert!(current.starts_with(b"FLOWSNAP\x02\x00\x00\x00"));
+    let current_v1_records = v1_store
+        .iter()
+        .find(|((cf, _), _)| cf == SNAPSHOT_FILES)
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert!(current_v1_records.starts_with(b"FLOWSNAP\x02\x00\x00\x00"));
     let v1_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN_V1_SNAPSHOT);
     let v1 = parse(&std::fs::read_to_string(&v1_path).unwrap());
     assert_eq!(v1.len(), 1, "{GOLDEN_V1_SNAPSHOT} holds one snapshot file");
@@ -636,6 +651,11 @@ async fn every_record_kind_has_golden_bytes_and_the_golden_records_load() {
     let v1_state = flowctl_state::codec::decode_state(&v1).unwrap();
     for (what, bytes, state) in [
         ("the current format", current, &expected.state),
+        (
+            "the current format with version-1 records",
+            current_v1_records,
+            &expected.state,
+        ),
         ("format 1", v1, &v1_state),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -654,6 +674,27 @@ async fn every_record_kind_has_golden_bytes_and_the_golden_records_load() {
     }
 }
 
+/// A store made of `golden`'s records opens with the state, applied log id, membership,
+/// snapshot, vote and log that the log made.
+async fn check_loads(golden: &Records, expected: &Expected, what: &str) {
+    let fresh = tempfile::tempdir().unwrap();
+    drop(open(fresh.path(), StoreOptions::default()).unwrap());
+    load(fresh.path(), golden);
+    let (mut log_store, mut sm) = open(fresh.path(), StoreOptions::default()).unwrap();
+    assert_eq!(sm.reader().read(|s, _| s.clone()), expected.state, "{what}");
+    let (applied, membership) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, expected.applied, "{what}");
+    assert_eq!(membership, expected.membership, "{what}");
+    let snap = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(snap.meta, expected.snapshot, "{what}");
+    assert_eq!(log_store.read_vote().await.unwrap(), Some(vote()), "{what}");
+    let st = log_store.get_log_state().await.unwrap();
+    assert_eq!(st.last_purged_log_id, Some(log_id(1, PURGED)), "{what}");
+    let entries = log_store.try_get_log_entries(0..u64::MAX).await.unwrap();
+    let want: Vec<Entry> = log().into_iter().skip(PURGED as usize).collect();
+    assert_eq!(entries, want, "{what}");
+}
+
 #[test]
 fn golden_keys_and_values_round_trip_through_their_text_form() {
     for k in [
@@ -668,11 +709,14 @@ fn golden_keys_and_values_round_trip_through_their_text_form() {
         &b"\x01{\"a\":1}"[..],
         b"\x01multi\nline",
         b"\x02{}",
+        b"\x02",
+        b"\x03{}",
         b"",
         b"\x01",
     ] {
         assert_eq!(parse_value(&render_value(v)), v, "{v:?}");
     }
     assert_eq!(render_value(b"\x01{}"), "v1 {}");
-    assert_eq!(render_value(b"\x02{}"), "hex 027b7d");
+    assert_eq!(render_value(b"\x02{}"), "v2 7b7d");
+    assert_eq!(render_value(b"\x03{}"), "hex 037b7d");
 }

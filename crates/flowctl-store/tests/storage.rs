@@ -290,12 +290,19 @@ async fn log_entries_survive_reopen_and_purge() {
 #[test]
 fn log_entry_encoding_golden_bytes() {
     let e = normal(3, 7, "demo", "{}");
-    let bytes = flowctl_state::codec::encode("log entry", &e).unwrap();
+    let bytes = flowctl_state::codec::encode_v1("log entry", &e).unwrap();
     const GOLDEN: &str = "\u{1}{\"log_id\":{\"leader_id\":{\"term\":3,\"node_id\":1},\"index\":7},\"payload\":{\"Normal\":{\"ApplyPipeline\":{\"name\":\"demo\",\"id_if_new\":\"pl-0000000000000007\",\"spec_yaml\":\"name: demo\\n\",\"canonical\":\"{}\",\"at_ms\":7000}}}}";
     assert_eq!(String::from_utf8(bytes).unwrap(), GOLDEN);
     let back: Entry<TypeConfig> =
         flowctl_state::codec::decode("log entry", GOLDEN.as_bytes()).unwrap();
     assert_eq!(back.log_id, e.log_id);
+    // What this release writes: version 2.
+    let bytes = flowctl_state::codec::encode("log entry", &e).unwrap();
+    const GOLDEN_V2: &str = "0282a66c6f675f696482a96c65616465725f696482a47465726d03a76e6f64655f696401a5696e64657807a77061796c6f616481a64e6f726d616c81ad4170706c79506970656c696e6585a46e616d65a464656d6fa969645f69665f6e6577b3706c2d30303030303030303030303030303037a9737065635f79616d6cab6e616d653a2064656d6f0aa963616e6f6e6963616ca27b7da561745f6d73cd1b58";
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, GOLDEN_V2);
+    let back: Entry<TypeConfig> = flowctl_state::codec::decode("log entry", &bytes).unwrap();
+    assert_eq!(back, e);
 }
 
 /// Every kind of replicated record (runtime reports, schemas, DLQ entries and offsets, replay
@@ -733,7 +740,7 @@ async fn an_old_format_json_snapshot_installs() {
     let dir = tempfile::tempdir().unwrap();
     let (mut src, meta, _) = source_snapshot(&dir.path().join("src")).await;
     let want = seen(&mut src).await;
-    let json = flowctl_state::codec::encode_state(&want.state).unwrap();
+    let json = flowctl_state::codec::encode_v1("state", &want.state).unwrap();
     assert_eq!(&json[..2], b"\x01{");
     let dst_dir = dir.path().join("dst");
     {
