@@ -19,6 +19,7 @@ use flowctl_proto::admin::v1::{
     GetPipelineRequest,
 };
 use flowctl_testkit::{free_port, Cluster, ClusterOptions};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -198,7 +199,12 @@ fn main() -> anyhow::Result<()> {
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
     let log_starts = log_sizes(&cluster);
     let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
-    let flowctl_rows = rt.block_on(bench_flowctl(&addrs, &pids, &args));
+    let metrics: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.metrics_addr.clone())
+        .collect();
+    let flowctl_rows = rt.block_on(bench_flowctl(&addrs, &metrics, &pids, &args));
     report_server_log_problems(&cluster, &log_starts);
     drop(cluster);
     let flowctl_rows = flowctl_rows?;
@@ -392,6 +398,69 @@ where
     row
 }
 
+/// Per stage of the write path, the sum of seconds and the count of
+/// `flowctl_write_stage_seconds` over every node, from their `/metrics`.
+fn stage_totals(metrics: &[String]) -> BTreeMap<String, (f64, f64)> {
+    let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for addr in metrics {
+        let Ok((200, text)) = flowctl_testkit::http_get(addr, "/metrics") else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("flowctl_write_stage_seconds_") else {
+                continue;
+            };
+            let (is_sum, rest) = if let Some(r) = rest.strip_prefix("sum{stage=\"") {
+                (true, r)
+            } else if let Some(r) = rest.strip_prefix("count{stage=\"") {
+                (false, r)
+            } else {
+                continue;
+            };
+            let Some((stage, value)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let Ok(v) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            let e = out.entry(stage.to_owned()).or_default();
+            if is_sum {
+                e.0 += v;
+            } else {
+                e.1 += v;
+            }
+        }
+    }
+    out
+}
+
+/// The mean of each write stage over one cell (the difference of two [`stage_totals`]).
+fn print_stages(before: &BTreeMap<String, (f64, f64)>, after: &BTreeMap<String, (f64, f64)>) {
+    let order = [
+        "validate",
+        "forward",
+        "batch_wait",
+        "commit",
+        "replicate",
+        "follower_append",
+        "log_write",
+        "apply",
+        "apply_write",
+    ];
+    let mut parts = Vec::new();
+    for stage in order {
+        let (s1, c1) = after.get(stage).copied().unwrap_or_default();
+        let (s0, c0) = before.get(stage).copied().unwrap_or_default();
+        let n = c1 - c0;
+        if n > 0.0 {
+            parts.push(format!("{stage} {:.0} us (n={n:.0})", (s1 - s0) / n * 1e6));
+        }
+    }
+    if !parts.is_empty() {
+        eprintln!("    stages, mean: {}", parts.join(", "));
+    }
+}
+
 /// CPU time (user + system, all threads) these processes have used, in milliseconds, from
 /// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks). A process that is gone counts 0.
 fn cpu_ms(pids: &[u32]) -> f64 {
@@ -548,7 +617,12 @@ async fn flowctl_get(ch: Channel, name: String) -> anyhow::Result<()> {
     }
 }
 
-async fn bench_flowctl(addrs: &[String], servers: &[u32], args: &Args) -> anyhow::Result<Vec<Row>> {
+async fn bench_flowctl(
+    addrs: &[String],
+    metrics: &[String],
+    servers: &[u32],
+    args: &Args,
+) -> anyhow::Result<Vec<Row>> {
     let chans = Arc::new(flowctl_channels(addrs).await?);
     let mut rows = Vec::new();
     for &c in &args.clients {
@@ -556,6 +630,7 @@ async fn bench_flowctl(addrs: &[String], servers: &[u32], args: &Args) -> anyhow
         let n = chans.len();
         // Every write, across cells, gets a fresh name.
         let base = rows.len() as u64 * 1_000_000_000;
+        let before = stage_totals(metrics);
         rows.push(
             run_cell(
                 "flowctl",
@@ -567,6 +642,7 @@ async fn bench_flowctl(addrs: &[String], servers: &[u32], args: &Args) -> anyhow
             )
             .await,
         );
+        print_stages(&before, &stage_totals(metrics));
     }
     eprintln!("  flowctl: populating {READ_KEYS} pipelines for the reads...");
     {

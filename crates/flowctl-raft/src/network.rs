@@ -101,7 +101,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr<openraft::error::Infallible>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        let started = (!rpc.entries.is_empty()).then(std::time::Instant::now);
+        let r = self.call(Rpc::Append, &rpc, &option).await;
+        if let Some(t) = started {
+            flowctl_store::record_stage("replicate", t.elapsed());
+        }
+        r
     }
 
     async fn install_snapshot(

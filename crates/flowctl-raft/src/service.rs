@@ -95,7 +95,12 @@ impl RaftService for InternalService {
         req: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
-        reply(&self.node.raft().append_entries(rpc).await)
+        let started = (!rpc.entries.is_empty()).then(std::time::Instant::now);
+        let r = self.node.raft().append_entries(rpc).await;
+        if let Some(t) = started {
+            flowctl_store::record_stage("follower_append", t.elapsed());
+        }
+        reply(&r)
     }
 
     async fn vote(

@@ -78,13 +78,16 @@ impl RaftNode {
         // Forwarded through the follower's own batcher: one Forward RPC carries every write
         // that arrived together (see `run_forwarder`).
         let cmd = cmd.clone();
-        enqueue_and_wait(
+        let started = Instant::now();
+        let r = enqueue_and_wait(
             &self.inner.forwards,
-            |tx| (cmd, Instant::now(), tx),
+            |tx| (cmd, started, tx),
             "writes",
             "forwarder",
         )
-        .await
+        .await;
+        flowctl_store::record_stage("forward", started.elapsed());
+        r
     }
 
     /// Writes on this node, which must be the leader (a forwarded command lands here).
@@ -167,7 +170,9 @@ async fn commit_batch(raft: &Raft, batch: Vec<Proposal>) {
     let n = batch.len();
     let mut cmds = Vec::with_capacity(n);
     let mut waiters = Vec::with_capacity(n);
+    let started = Instant::now();
     for (cmd, at, tx) in batch {
+        flowctl_store::record_stage("batch_wait", started.saturating_duration_since(at));
         cmds.push(cmd);
         waiters.push((at, tx));
     }
@@ -176,7 +181,9 @@ async fn commit_batch(raft: &Raft, batch: Vec<Proposal>) {
     } else {
         Command::Batch(cmds)
     };
-    match raft.client_write(entry).await {
+    let written = raft.client_write(entry).await;
+    flowctl_store::record_stage("commit", started.elapsed());
+    match written {
         Ok(resp) => {
             let index = resp.log_id.index;
             let outcomes = match (n, resp.data) {

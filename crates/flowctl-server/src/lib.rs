@@ -70,6 +70,17 @@ pub fn prometheus() -> PrometheusHandle {
                     10.0,
                 ])
                 .expect("the bucket list is not empty")
+                // The write path's stages take from tens of microseconds to milliseconds.
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        flowctl_store::WRITE_STAGE_SECONDS.to_owned(),
+                    ),
+                    &[
+                        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                        0.1, 0.25, 1.0,
+                    ],
+                )
+                .expect("the bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first, e.g. by an embedding test.
@@ -817,6 +828,12 @@ fn describe_metrics() {
     describe_gauge!(
         "flowctl_raft_applied_index",
         "Last log index applied to the state machine."
+    );
+    describe_histogram!(
+        flowctl_store::WRITE_STAGE_SECONDS,
+        Unit::Seconds,
+        "Write path latency by stage (validate, forward, batch_wait, commit, replicate, \
+         follower_append, log_write, apply, apply_write)."
     );
     describe_histogram!(
         "flowctl_raft_propose_to_apply_seconds",

@@ -61,7 +61,9 @@ pub async fn apply(
     } = opts;
     // The same full validation as `flowctl validate`; the node that receives the request runs
     // it, so nothing unvalidated reaches the log.
+    let started = std::time::Instant::now();
     let validated = flowctl_spec::validate_pipeline(file, yaml)?;
+    flowctl_store::record_stage("validate", started.elapsed());
     if !allow_unregistered_types {
         check_event_types_registered(node, &validated).await?;
     }

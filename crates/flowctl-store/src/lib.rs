@@ -174,6 +174,23 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<(LogStore, StateMachineSto
 }
 
 /// Runs a RocksDB closure off the async runtime.
+/// The per-stage latency histogram of the write path, labelled `stage`:
+/// - `validate`: parsing and validating a pipeline document on the node that received it;
+/// - `forward`: a follower's whole forward (its queue, the RPC, the leader's work);
+/// - `batch_wait`: a proposal waiting on the leader for its batch to start;
+/// - `commit`: a batch from `client_write` to its outcome (append, replicate, commit, apply);
+/// - `replicate`: the leader's AppendEntries RPC carrying entries, to its answer;
+/// - `follower_append`: a follower's handling of it (append, flush, answer);
+/// - `log_write`: one group commit of the log (one synced RocksDB write);
+/// - `apply`: applying a run of committed entries to the state and encoding their records;
+/// - `apply_write`: the state machine's RocksDB write of that run.
+pub const WRITE_STAGE_SECONDS: &str = "flowctl_write_stage_seconds";
+
+/// Records `elapsed` for `stage` in [`WRITE_STAGE_SECONDS`].
+pub fn record_stage(stage: &'static str, elapsed: std::time::Duration) {
+    metrics::histogram!(WRITE_STAGE_SECONDS, "stage" => stage).record(elapsed.as_secs_f64());
+}
+
 async fn blocking<T, F>(f: F) -> Result<T, StorageError<u64>>
 where
     F: FnOnce() -> Result<T, StorageError<u64>> + Send + 'static,

@@ -141,7 +141,9 @@ fn write_batch(db: &DB, sync: bool, ops: &[Op]) -> (Result<(), String>, Vec<(u64
     }
     let mut w = WriteOptions::default();
     w.set_sync(sync);
+    let started = std::time::Instant::now();
     let result = db.write_opt(batch, &w).map_err(|e| e.to_string());
+    crate::record_stage("log_write", started.elapsed());
     if sync {
         metrics::counter!("flowctl_store_log_fsyncs_total").increment(1);
         metrics::histogram!("flowctl_store_log_fsync_batch_size").record(ops.len() as f64);
