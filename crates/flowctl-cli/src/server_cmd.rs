@@ -82,6 +82,12 @@ pub struct ServerArgs {
     /// cluster keeps; the oldest go first. `flowctl audit ls` shows them.
     #[arg(long, default_value_t = flowctl_server::audit::DEFAULT_AUDIT_KEEP)]
     audit_keep: u32,
+    /// The encoding this node writes to its log, its state and other nodes: 2 (MessagePack,
+    /// this release's) or 1 (JSON, what releases before it wrote and all they can read).
+    /// Use 1 on upgraded nodes while a cluster still has members of an earlier release, then
+    /// restart them with 2. Every node reads both.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    codec_version: u8,
     /// The HOST:PORT clients and components use to reach this node (default: the listen
     /// address, with 127.0.0.1 for an unspecified host).
     #[arg(long)]
@@ -339,8 +345,13 @@ pub async fn run(a: ServerArgs) -> anyhow::Result<()> {
         peer_tls,
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
+    flowctl_state::codec::set_write_version(a.codec_version).map_err(anyhow::Error::msg)?;
     if a.print_config {
         println!("{cfg:#?}");
+        println!(
+            "codec version written: {}",
+            flowctl_state::codec::write_version()
+        );
         return Ok(());
     }
     init_tracing(a.log_json);

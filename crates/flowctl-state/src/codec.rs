@@ -13,6 +13,7 @@
 
 use crate::{Command, Outcome, PipelineRecord, State};
 use serde::{de::DeserializeOwned, Serialize};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Version byte of the JSON encodings (decoded, no longer written).
 pub const V1: u8 = 1;
@@ -48,8 +49,33 @@ pub enum Error {
 /// Deepest nesting a version-2 body may have (serde_json's limit for version 1).
 const MAX_DEPTH: usize = 128;
 
-/// Encodes any serde value with the version-2 framing.
+/// The version [`encode`] writes: [`V2`] unless the node was started to keep writing
+/// [`V1`] (`flowctl server --codec-version 1`), which a cluster being upgraded from a release
+/// before version 2 needs until every member runs this one (those releases cannot read
+/// version 2).
+static WRITE_VERSION: AtomicU8 = AtomicU8::new(V2);
+
+/// Sets the version [`encode`] writes, for the whole process: 1 or 2.
+pub fn set_write_version(version: u8) -> Result<(), String> {
+    match version {
+        V1 | V2 => {
+            WRITE_VERSION.store(version, Ordering::Relaxed);
+            Ok(())
+        }
+        v => Err(format!("codec version {v}: this release writes 1 or 2")),
+    }
+}
+
+/// The version [`encode`] writes.
+pub fn write_version() -> u8 {
+    WRITE_VERSION.load(Ordering::Relaxed)
+}
+
+/// Encodes any serde value with the framing of [`write_version`] (version 2 by default).
 pub fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, Error> {
+    if write_version() == V1 {
+        return encode_v1(what, value);
+    }
     let mut out = Vec::with_capacity(128);
     out.push(V2);
     value

@@ -154,6 +154,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The extra arguments every node gets when it starts or restarts from now on.
+    pub fn set_extra_args(&mut self, args: &[&str]) {
+        self.opts.extra_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
     /// Starts `n` nodes: the first initializes the cluster, the others join it. Returns once
     /// every node reports the same leader and all are voters.
     pub fn start(n: usize, opts: ClusterOptions) -> anyhow::Result<Self> {
