@@ -92,7 +92,7 @@ async fn register_all(chans: &[Channel], n: usize) -> anyhow::Result<()> {
                     return Ok::<_, anyhow::Error>(());
                 }
                 let id = component_id(i);
-                c.register_component(RegisterRequest {
+                let req = RegisterRequest {
                     component: Some(ComponentInfo {
                         id: id.clone(),
                         name: "bench".into(),
@@ -100,8 +100,26 @@ async fn register_all(chans: &[Channel], n: usize) -> anyhow::Result<()> {
                         ..Default::default()
                     }),
                     component_id: id,
-                })
-                .await?;
+                };
+                // As a component's agent does: an overloaded or leaderless cluster is retried
+                // after a pause, anything else ends the benchmark.
+                let mut attempts = 0;
+                loop {
+                    match c.register_component(req.clone()).await {
+                        Ok(_) => break,
+                        Err(s)
+                            if attempts < 50
+                                && matches!(
+                                    s.code(),
+                                    tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+                                ) =>
+                        {
+                            attempts += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(s) => return Err(s.into()),
+                    }
+                }
             }
         }));
     }

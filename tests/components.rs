@@ -323,6 +323,101 @@ fn register_many(c: &Cluster, ids: &[String]) {
     });
 }
 
+/// Registers `ids` with `tasks` concurrent clients spread over the nodes; every registration
+/// must succeed at its first attempt.
+fn register_concurrently(c: &Cluster, ids: &[String], tasks: usize) {
+    let all: Vec<usize> = (0..c.nodes.len()).collect();
+    register_concurrently_on(c, &all, ids, tasks);
+}
+
+/// [`register_concurrently`] through the nodes `on` only.
+fn register_concurrently_on(c: &Cluster, on: &[usize], ids: &[String], tasks: usize) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let eps: Vec<String> = on.iter().map(|&i| c.nodes[i].addr.clone()).collect();
+    let ids = Arc::new(ids.to_vec());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    rt.block_on(async {
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let (ids, next) = (ids.clone(), next.clone());
+            let ep = eps[t % eps.len()].clone();
+            handles.push(tokio::spawn(async move {
+                let mut api = ControlPlaneServiceClient::new(channel(&ep).await);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(id) = ids.get(i) else { return };
+                    api.register_component(v1::RegisterRequest {
+                        component: Some(info(id)),
+                        component_id: id.clone(),
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("registering {id}: {e}"));
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+    });
+}
+
+fn liveness_transitions(c: &Cluster, node: usize) -> u64 {
+    let (_, body) = http_get(&c.nodes[node].metrics_addr, "/metrics").unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix("flowctl_liveness_transitions_total "))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap_or(0.0) as u64)
+}
+
+/// Found by the 250,000-component benchmark: when thousands of components are due to go down
+/// in one sweep, the leader proposed every transition at once, more than the proposal queue
+/// holds, so some were refused as overloaded, and so were clients' writes made meanwhile. Here
+/// the burst comes from a new leader: it gives every component one full TTL, then finds all of
+/// them (registrations never heard from) due at once. Now at most `MAX_TRANSITIONS_IN_FLIGHT`
+/// are proposed at a time: every component goes down, no transition fails, and clients'
+/// writes all succeed meanwhile.
+#[test]
+fn thousands_of_components_due_at_once_neither_fail_nor_crowd_out_client_writes() {
+    const SILENT: usize = 6_000;
+    let mut c = ttl_cluster("10");
+    let silent: Vec<String> = (0..SILENT).map(|i| format!("silent-{i}")).collect();
+    register_concurrently(&c, &silent, 48);
+    let old = c.leader_index().unwrap();
+    c.kill(old);
+    let mut leader = old;
+    wait_until(Duration::from_secs(30), || {
+        leader = c.leader_index().unwrap_or(old);
+        leader != old
+    })
+    .unwrap();
+    let alive: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    // While the new leader's grace runs out and they go down: clients keep writing.
+    let mut rounds = 0;
+    wait_until(Duration::from_secs(120), || {
+        let ids: Vec<String> = (0..32).map(|i| format!("during-{rounds}-{i}")).collect();
+        register_concurrently_on(&c, &alive, &ids, 32);
+        rounds += 1;
+        liveness_transitions(&c, leader) >= SILENT as u64
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{} of {SILENT} went down: {e}",
+            liveness_transitions(&c, leader)
+        )
+    });
+    assert!(rounds > 1, "client writes overlapped the transitions");
+    let log = c.log_tail(leader, 1_000_000);
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("liveness transition not committed"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} transitions failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
+
 #[test]
 fn leader_sigkill_while_components_heartbeat_raises_no_false_alarm() {
     let mut c = ttl_cluster("3");

@@ -355,6 +355,7 @@ async fn run_actor(
     let mut seen: HashMap<ComponentId, Observed> = HashMap::new();
     let mut leader_since: Option<u64> = None;
     let in_flight: Arc<Mutex<HashSet<Transition>>> = Arc::default();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_TRANSITIONS_IN_FLIGHT));
     // The transitions' proposals: this actor owns them and waits for them when it stops.
     let proposals = tokio_util::task::TaskTracker::new();
     let mut tick = tokio::time::interval(opts.sweep);
@@ -409,7 +410,7 @@ async fn run_actor(
                     decide(&s.components, &live, &mut seen, mono, since, ttl_ms, expiry_ms)
                 });
                 for t in due {
-                    propose_transition(&node, t, now, &in_flight, &proposals);
+                    propose_transition(&node, t, now, &in_flight, &permits, &proposals);
                 }
             }
         }
@@ -418,12 +419,21 @@ async fn run_actor(
     proposals.wait().await;
 }
 
-/// Proposes one transition unless the same one is already in flight.
+/// Most liveness transitions being proposed at once. A sweep that finds more (a mass of
+/// registrations never heard from, every component of a partitioned fleet going quiet) queues
+/// the rest behind these: the leader's own decisions take at most this share of the proposal
+/// queue ([`flowctl_raft::PROPOSAL_QUEUE`]), so clients' writes are not refused as overloaded
+/// because of them, and none of the transitions is dropped.
+pub const MAX_TRANSITIONS_IN_FLIGHT: usize = 512;
+
+/// Proposes one transition unless the same one is already in flight, at most
+/// [`MAX_TRANSITIONS_IN_FLIGHT`] at a time (`permits`).
 fn propose_transition(
     node: &RaftNode,
     t: Transition,
     now: u64,
     in_flight: &Arc<Mutex<HashSet<Transition>>>,
+    permits: &Arc<tokio::sync::Semaphore>,
     proposals: &tokio_util::task::TaskTracker,
 ) {
     if !in_flight
@@ -451,8 +461,12 @@ fn propose_transition(
     };
     let node = node.clone();
     let in_flight = in_flight.clone();
-    // Bounded by the number of registered components (one in flight per transition).
+    let permits = permits.clone();
+    // One task per transition (bounded by the registered components), each proposing only
+    // once it holds one of the MAX_TRANSITIONS_IN_FLIGHT permits.
     proposals.spawn(async move {
+        // The semaphore is never closed, so a permit always comes.
+        let _permit = permits.acquire_owned().await;
         match node.propose(cmd).await {
             Ok(_) => {
                 tracing::info!(transition = ?t, "component liveness transition");
