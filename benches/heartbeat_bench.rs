@@ -2,8 +2,10 @@
 //! interval, against a 3-node flowctl cluster on loopback.
 //!
 //! It registers the components (through Raft), then offers heartbeats at N / interval per
-//! second, spread over the three nodes (followers relay to the leader), for `--seconds`, and
-//! reports: sustained heartbeats per second, p50/p99 heartbeat latency, leader CPU, Raft log
+//! second, spread over the three nodes (followers relay to the leader). Once the log has
+//! settled (each registration's one-time confirmation after its first heartbeat, and the
+//! components marked down during a long registration coming back up, are written; the commit
+//! index then stays put for 3 s), it measures for `--seconds` and reports: sustained heartbeats per second, p50/p99 heartbeat latency, leader CPU, Raft log
 //! entries appended per second (the commit index; it must stay flat in steady state), and the
 //! leader's RSS. Run it on a quiet machine: the generator shares the CPU with the servers.
 
@@ -13,7 +15,7 @@ use flowctl_proto::v1::control_plane_service_client::ControlPlaneServiceClient;
 use flowctl_proto::v1::{ComponentInfo, ComponentType, HeartbeatRequest, RegisterRequest};
 use flowctl_testkit::{http_get, Cluster, ClusterOptions};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
@@ -177,13 +179,16 @@ async fn run(cluster: &Cluster, addrs: &[String], args: &Args) -> anyhow::Result
     let per_sender = target_rate / args.senders as f64;
     let sent = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let stop_at = Instant::now() + Duration::from_secs(args.seconds + 2);
-    let measure_from = Instant::now() + Duration::from_secs(2);
+    // The senders run until `stop`; they count and time heartbeats while `measuring`.
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for s in 0..args.senders {
         let ch = chans[s % chans.len()].clone();
         let sent = sent.clone();
         let failed = failed.clone();
+        let stop = stop.clone();
+        let measuring = measuring.clone();
         let n = args.components;
         let senders = args.senders;
         tasks.push(tokio::spawn(async move {
@@ -193,7 +198,7 @@ async fn run(cluster: &Cluster, addrs: &[String], args: &Args) -> anyhow::Result
             let mut next_at = tokio::time::Instant::now() + gap.mul_f64(s as f64 / senders as f64);
             // Each sender owns every `senders`-th component and walks them in turn.
             let mut i = s;
-            while Instant::now() < stop_at {
+            while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep_until(next_at).await;
                 next_at += gap;
                 let t0 = Instant::now();
@@ -205,7 +210,7 @@ async fn run(cluster: &Cluster, addrs: &[String], args: &Args) -> anyhow::Result
                     })
                     .await;
                 i += senders;
-                if t0 >= measure_from {
+                if measuring.load(Ordering::Relaxed) {
                     match r {
                         Ok(_) => {
                             lat.push(t0.elapsed());
@@ -220,17 +225,35 @@ async fn run(cluster: &Cluster, addrs: &[String], args: &Args) -> anyhow::Result
             lat
         }));
     }
-    tokio::time::sleep_until((measure_from).into()).await;
+    // Steady state first: every registration is confirmed once by the leader after its first
+    // heartbeat (a one-time write), and components marked down while the others registered
+    // come back up. Measure once the commit index has stayed put for a few seconds.
+    let settle_from = Instant::now();
+    let mut last = commit_index(cluster, leader);
+    let mut still = 0;
+    while still < 3 && settle_from.elapsed() < Duration::from_secs(300) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = commit_index(cluster, leader);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    eprintln!(
+        "settled after {:.0}s of heartbeats (commit index {last})",
+        settle_from.elapsed().as_secs_f64()
+    );
+    measuring.store(true, Ordering::Relaxed);
     let cpu0 = proc_cpu_ticks(leader_pid);
     let commit0 = commit_index(cluster, leader);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let wall = t0.elapsed().as_secs_f64();
     let cpu1 = proc_cpu_ticks(leader_pid);
+    measuring.store(false, Ordering::Relaxed);
     // The metrics gauge refreshes every 500 ms.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let commit1 = commit_index(cluster, leader);
     let rss = proc_rss_mb(leader_pid);
+    stop.store(true, Ordering::Relaxed);
     let mut lat = Vec::new();
     for t in tasks {
         lat.extend(t.await?);
