@@ -14,7 +14,7 @@ use clap::Parser;
 use flowctl_proto::v1::control_plane_service_client::ControlPlaneServiceClient;
 use flowctl_proto::v1::{ComponentInfo, ComponentType, HeartbeatRequest, RegisterRequest};
 use flowctl_testkit::{http_get, Cluster, ClusterOptions};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -179,6 +179,8 @@ async fn run(cluster: &Cluster, addrs: &[String], args: &Args) -> anyhow::Result
     let per_sender = target_rate / args.senders as f64;
     let sent = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    // Failed heartbeats counted by gRPC code, with the first message of each code.
+    let errors: Arc<std::sync::Mutex<BTreeMap<String, (u64, String)>>> = Arc::default();
     // The senders run until `stop`; they count and time heartbeats while `measuring`.
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -189,6 +191,7 @@ async fn run(cluster: &Cluster, addrs: &[String], args: &Args) -> anyhow::Result
         let failed = failed.clone();
         let stop = stop.clone();
         let measuring = measuring.clone();
+        let errors = errors.clone();
         let n = args.components;
         let senders = args.senders;
         tasks.push(tokio::spawn(async move {
@@ -216,8 +219,13 @@ async fn run(cluster: &Cluster, addrs: &[String], args: &Args) -> anyhow::Result
                             lat.push(t0.elapsed());
                             sent.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(_) => {
+                        Err(status) => {
                             failed.fetch_add(1, Ordering::Relaxed);
+                            let mut e = errors.lock().unwrap_or_else(|p| p.into_inner());
+                            let slot = e
+                                .entry(format!("{:?}", status.code()))
+                                .or_insert_with(|| (0, status.message().to_owned()));
+                            slot.0 += 1;
                         }
                     }
                 }
@@ -280,6 +288,9 @@ async fn run(cluster: &Cluster, addrs: &[String], args: &Args) -> anyhow::Result
     );
     println!("sustained           {:.0}/s", rate);
     println!("failed              {}", failed.load(Ordering::Relaxed));
+    for (code, (n, first)) in errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        println!("  {code}: {n}, e.g. {first:?}");
+    }
     println!(
         "latency p50 / p99   {:.2} ms / {:.2} ms",
         pct(0.50),
