@@ -65,18 +65,23 @@ pub fn validate_pipeline(file: &str, text: &str) -> Result<ValidatedPipeline, Er
     // First without positions, which a valid document does not need; a document with a
     // problem (or a syntax error) is parsed again with them, and walked again, so that every
     // problem is reported at its line and column exactly as a single located pass reports it.
-    let quick = node::parse_unlocated(text).ok().and_then(|root| {
+    let walk = |root: &node::Node| {
         let mut w = Walker::default();
-        let manifest = w.manifest(&root);
-        (w.problems.is_empty() && manifest.is_some()).then_some((root, manifest))
-    });
+        let manifest = w.manifest(root);
+        (manifest, w.problems)
+    };
+    let quick = node::parse_unlocated(text)
+        .ok()
+        .and_then(|root| match walk(&root) {
+            (Some(manifest), problems) if problems.is_empty() => Some((root, Some(manifest))),
+            _ => None,
+        });
     let (root, manifest, mut problems) = match quick {
         Some((root, manifest)) => (root, manifest, Vec::new()),
         None => {
             let root = node::parse(text).map_err(|e| fail(vec![crate::syntax_problem(&e)]))?;
-            let mut w = Walker::default();
-            let manifest = w.manifest(&root);
-            (root, manifest, w.problems)
+            let (manifest, problems) = walk(&root);
+            (root, manifest, problems)
         }
     };
     // Source order; problems at the same place keep the order they were found in.

@@ -173,7 +173,6 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<(LogStore, StateMachineSto
     Ok((log, sm))
 }
 
-/// Runs a RocksDB closure off the async runtime.
 /// The per-stage latency histogram of the write path, labelled `stage`:
 /// - `validate`: parsing and validating a pipeline document on the node that received it;
 /// - `forward`: a follower's whole forward (its queue, the RPC, the leader's work);
@@ -191,6 +190,7 @@ pub fn record_stage(stage: &'static str, elapsed: std::time::Duration) {
     metrics::histogram!(WRITE_STAGE_SECONDS, "stage" => stage).record(elapsed.as_secs_f64());
 }
 
+/// Runs a RocksDB closure off the async runtime.
 async fn blocking<T, F>(f: F) -> Result<T, StorageError<u64>>
 where
     F: FnOnce() -> Result<T, StorageError<u64>> + Send + 'static,
